@@ -1,0 +1,127 @@
+//! JSON forms: touchpoints in (event time as RFC 3339 or epoch ms), alerts out.
+
+use super::{DecodeError, invalid, validate};
+use crate::model::{Channel, Direction, Outcome, RecoveryAlert, Touchpoint, TouchpointKind};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventTime {
+    Millis(i64),
+    Text(String),
+}
+
+/// The JSON shape; unknown fields are ignored so producers can add fields first.
+#[derive(Deserialize)]
+struct JsonTouchpoint {
+    event_id: String,
+    customer_id: String,
+    occurred_at: EventTime,
+    channel: Channel,
+    kind: TouchpointKind,
+    direction: Direction,
+    journey: String,
+    touchpoint: String,
+    outcome: Outcome,
+    #[serde(default)]
+    sentiment: Option<f64>,
+    #[serde(default)]
+    customer_tier: Option<String>,
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+}
+
+/// Parses an RFC 3339 timestamp to epoch milliseconds.
+pub fn parse_rfc3339(s: &str) -> Result<i64, DecodeError> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| invalid("occurred_at", format!("'{s}' is not RFC 3339: {e}")))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| invalid("occurred_at", "out of range"))
+}
+
+/// Decodes and validates one JSON touchpoint.
+pub fn decode_touchpoint(
+    bytes: &[u8],
+    is_sensitive: &dyn Fn(&str) -> bool,
+) -> Result<Touchpoint, DecodeError> {
+    let j: JsonTouchpoint = serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let occurred_at = match j.occurred_at {
+        EventTime::Millis(ms) => ms,
+        EventTime::Text(s) => parse_rfc3339(&s)?,
+    };
+    validate(
+        Touchpoint {
+            event_id: j.event_id,
+            customer_id: j.customer_id,
+            occurred_at,
+            channel: j.channel,
+            kind: j.kind,
+            direction: j.direction,
+            journey: j.journey,
+            touchpoint: j.touchpoint,
+            outcome: j.outcome,
+            sentiment: j.sentiment,
+            customer_tier: j.customer_tier,
+            agent_id: j.agent_id,
+            attributes: j.attributes,
+        },
+        is_sensitive,
+    )
+}
+
+/// One alert as a JSON object (no trailing newline).
+pub fn encode_alert(alert: &RecoveryAlert, out: &mut Vec<u8>) {
+    serde_json::to_writer(out, alert).expect("an alert always serializes");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none(_: &str) -> bool {
+        false
+    }
+
+    const LINE: &str = r#"{"event_id":"e1","customer_id":"c1","occurred_at":"2026-03-01T10:00:00Z","channel":"CHAT","kind":"INTERACTION","direction":"INBOUND","journey":"billing","touchpoint":"payment.transfer","outcome":"FAILURE","sentiment":-0.8,"attributes":{"ssn":"123","order":"9"},"future_field":1}"#;
+
+    #[test]
+    fn decodes_rfc3339_and_drops_sensitive() {
+        let tp = decode_touchpoint(LINE.as_bytes(), &|k| k == "ssn").unwrap();
+        assert_eq!(tp.occurred_at, 1_772_359_200_000);
+        assert_eq!(tp.channel, Channel::Chat);
+        assert_eq!(tp.sentiment, Some(-0.8));
+        assert_eq!(tp.attributes.len(), 1);
+        assert!(tp.attributes.contains_key("order"));
+    }
+
+    #[test]
+    fn epoch_millis_accepted() {
+        let line = LINE.replace("\"2026-03-01T10:00:00Z\"", "1772359200000");
+        assert_eq!(
+            decode_touchpoint(line.as_bytes(), &none).unwrap().occurred_at,
+            1_772_359_200_000
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = decode_touchpoint(LINE.replace("CHAT", "FAX").as_bytes(), &none).unwrap_err();
+        assert!(matches!(e, DecodeError::Json(ref m) if m.contains("FAX")), "{e}");
+        let e = decode_touchpoint(LINE.replace("-0.8", "-1.5").as_bytes(), &none).unwrap_err();
+        assert_eq!(e.to_string(), "field `sentiment`: -1.5 is outside [-1, 1]");
+        let e = decode_touchpoint(LINE.replace("\"c1\"", "\"\"").as_bytes(), &none).unwrap_err();
+        assert_eq!(e.to_string(), "field `customer_id`: must not be empty");
+        let e = decode_touchpoint(
+            LINE.replace("2026-03-01T10:00:00Z", "yesterday").as_bytes(),
+            &none,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("field `occurred_at`"), "{e}");
+        let e = decode_touchpoint(b"{not json", &none).unwrap_err();
+        assert_eq!(e.class(), "json");
+        let e = decode_touchpoint(LINE.replace("\"customer_id\":\"c1\",", "").as_bytes(), &none).unwrap_err();
+        assert!(e.to_string().contains("customer_id"), "{e}");
+    }
+}

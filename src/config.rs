@@ -1,0 +1,547 @@
+//! Configuration: the TOML file, `CX_SENTINEL__*` env overrides, defaults, and validation naming the key.
+
+use crate::model::{Channel, Outcome};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of environment overrides; `__` separates nesting levels
+/// (`CX_SENTINEL__KAFKA__BROKERS` sets `kafka.brokers`).
+pub const ENV_PREFIX: &str = "CX_SENTINEL__";
+
+/// Why a configuration was refused. Every variant names the file and, where it can, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {file}: cannot read: {source}")]
+    Unreadable {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("config file {file}: key `{key}`: {problem}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+/// The whole configuration. Pipeline semantics live in the file; env may override any key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub rules: RulesConfig,
+    pub privacy: PrivacyConfig,
+}
+
+/// Event-time and state-size knobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// How far behind the highest event time seen an event may arrive and still count; also the
+    /// delay before an event is acted on (the watermark trails the newest event by this much).
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Half-life of the experience score.
+    #[serde(with = "humantime_serde")]
+    pub score_half_life: Duration,
+    /// A case open longer than this (event time) without recovery escalates (`sla_breach`).
+    #[serde(with = "humantime_serde")]
+    pub case_sla: Duration,
+    /// A case with no touchpoints for this long expires.
+    #[serde(with = "humantime_serde")]
+    pub case_expiry: Duration,
+    /// State of a customer idle this long is evicted.
+    #[serde(with = "humantime_serde")]
+    pub customer_ttl: Duration,
+    /// Touchpoints kept per customer (and sent in an alert); 1..=10.
+    pub recent_touchpoints: usize,
+    /// Journeys tracked per customer at once; the stalest is dropped beyond this.
+    pub max_journeys: usize,
+    /// Open cases per customer; opening one more expires the oldest (rule `case_limit`).
+    pub max_open_cases: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            allowed_lateness: Duration::from_secs(10 * 60),
+            score_half_life: Duration::from_secs(7 * 86_400),
+            case_sla: Duration::from_secs(4 * 3_600),
+            case_expiry: Duration::from_secs(30 * 86_400),
+            customer_ttl: Duration::from_secs(30 * 86_400),
+            recent_touchpoints: 10,
+            max_journeys: 4,
+            max_open_cases: 4,
+        }
+    }
+}
+
+/// Which touchpoints are negative, which positive, how much each counts, and when to page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    pub negative: PolarityConfig,
+    pub positive: PolarityConfig,
+    pub stakes: StakesConfig,
+    /// Customer value multipliers by tier; a tier not listed counts 1.0.
+    pub tiers: BTreeMap<String, f64>,
+    pub critical_negative: CriticalNegativeConfig,
+    pub experience_decline: ExperienceDeclineConfig,
+    pub high_effort: HighEffortConfig,
+    pub channel_hopping: ChannelHoppingConfig,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            negative: PolarityConfig {
+                outcomes: vec![Outcome::Failure, Outcome::Abandoned, Outcome::Escalated],
+                sentiment: -0.3,
+            },
+            positive: PolarityConfig {
+                outcomes: vec![Outcome::Success],
+                sentiment: 0.3,
+            },
+            stakes: StakesConfig::default(),
+            tiers: BTreeMap::from([("vip".to_string(), 2.0)]),
+            critical_negative: CriticalNegativeConfig::default(),
+            experience_decline: ExperienceDeclineConfig::default(),
+            high_effort: HighEffortConfig::default(),
+            channel_hopping: ChannelHoppingConfig::default(),
+        }
+    }
+}
+
+/// A touchpoint is of this polarity when its outcome is listed, or its sentiment is at or beyond
+/// `sentiment` (at most, for negative; at least, for positive).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolarityConfig {
+    pub outcomes: Vec<Outcome>,
+    pub sentiment: f64,
+}
+
+/// How much a touchpoint counts, by glob pattern over its dotted type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StakesConfig {
+    pub default_weight: f64,
+    pub default_channel: Channel,
+    /// ENGAGEMENT touchpoints weigh this fraction of an INTERACTION.
+    pub engagement_factor: f64,
+    /// First matching pattern wins.
+    pub patterns: Vec<StakePattern>,
+}
+
+impl Default for StakesConfig {
+    fn default() -> Self {
+        let moments = [
+            "payment.*",
+            "billing.*",
+            "account.*",
+            "reservation.*",
+            "cancellation.*",
+            "order.delivery*",
+            "claim.*",
+            "privacy.*",
+            "health.*",
+        ];
+        Self {
+            default_weight: 1.0,
+            default_channel: Channel::Voice,
+            engagement_factor: 0.25,
+            patterns: moments
+                .iter()
+                .map(|p| StakePattern {
+                    pattern: p.to_string(),
+                    weight: 3.0,
+                    channel: Some(Channel::Voice),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One row of the stakes table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StakePattern {
+    /// Glob over the dotted touchpoint type; `*` matches any run of characters.
+    pub pattern: String,
+    pub weight: f64,
+    /// Recommended channel for a human to reach out on; `stakes.default_channel` if absent.
+    #[serde(default)]
+    pub channel: Option<Channel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriticalNegativeConfig {
+    pub enabled: bool,
+    /// A negative touchpoint with at least these stakes opens a case at once (HIGH).
+    pub min_stakes: f64,
+    /// ...CRITICAL when the customer's tier multiplier is at least this.
+    pub critical_tier_multiplier: f64,
+}
+
+impl Default for CriticalNegativeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_stakes: 3.0,
+            critical_tier_multiplier: 2.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperienceDeclineConfig {
+    pub enabled: bool,
+    /// The decayed experience score at or below which a case opens (MEDIUM).
+    pub threshold: f64,
+}
+
+impl Default for ExperienceDeclineConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: -6.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HighEffortConfig {
+    pub enabled: bool,
+    /// INBOUND INTERACTIONs on one journey within `window` with no SUCCESS.
+    pub min_contacts: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for HighEffortConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_contacts: 4,
+            window: Duration::from_secs(86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelHoppingConfig {
+    pub enabled: bool,
+    /// Distinct channels on one journey within `window` with no SUCCESS.
+    pub min_channels: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for ChannelHoppingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_channels: 3,
+            window: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// What never leaves the service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Attribute keys (globs) dropped at decode time: never stored, logged or sent in an alert.
+    pub sensitive_attributes: Vec<String>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            sensitive_attributes: vec!["health.*".into(), "ssn".into(), "card_number".into()],
+        }
+    }
+}
+
+impl Config {
+    /// Loads `file`, applies `CX_SENTINEL__*` environment overrides, and validates.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Unreadable {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_with_env(&text, file, true)
+    }
+
+    /// Parses TOML text (named `file` in errors), optionally with env overrides, and validates.
+    pub fn from_toml_with_env(text: &str, file: &Path, env: bool) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        if env {
+            figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: describe_figment(e),
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Checks every value a type cannot express; the error names the key.
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            problem,
+        };
+        let e = &self.engine;
+        for (key, d) in [
+            ("engine.score_half_life", e.score_half_life),
+            ("engine.case_sla", e.case_sla),
+            ("engine.case_expiry", e.case_expiry),
+            ("engine.customer_ttl", e.customer_ttl),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be longer than zero".into()));
+            }
+        }
+        if e.allowed_lateness > Duration::from_secs(7 * 86_400) {
+            return Err(bad(
+                "engine.allowed_lateness",
+                "must be at most 7 days (it is also the delay before acting)".into(),
+            ));
+        }
+        if e.customer_ttl < e.case_expiry {
+            return Err(bad(
+                "engine.customer_ttl",
+                format!(
+                    "must be at least engine.case_expiry ({}), or open cases would vanish unexpired",
+                    humantime::format_duration(e.case_expiry)
+                ),
+            ));
+        }
+        if !(1..=10).contains(&e.recent_touchpoints) {
+            return Err(bad(
+                "engine.recent_touchpoints",
+                format!("must be 1..=10, got {}", e.recent_touchpoints),
+            ));
+        }
+        if !(1..=32).contains(&e.max_journeys) {
+            return Err(bad(
+                "engine.max_journeys",
+                format!("must be 1..=32, got {}", e.max_journeys),
+            ));
+        }
+        if !(1..=32).contains(&e.max_open_cases) {
+            return Err(bad(
+                "engine.max_open_cases",
+                format!("must be 1..=32, got {}", e.max_open_cases),
+            ));
+        }
+        let r = &self.rules;
+        if !(-1.0..=1.0).contains(&r.negative.sentiment) {
+            return Err(bad(
+                "rules.negative.sentiment",
+                format!("must be within [-1, 1], got {}", r.negative.sentiment),
+            ));
+        }
+        if !(-1.0..=1.0).contains(&r.positive.sentiment) {
+            return Err(bad(
+                "rules.positive.sentiment",
+                format!("must be within [-1, 1], got {}", r.positive.sentiment),
+            ));
+        }
+        if r.positive.sentiment <= r.negative.sentiment {
+            return Err(bad(
+                "rules.positive.sentiment",
+                "must be above rules.negative.sentiment".into(),
+            ));
+        }
+        let weight_ok = |w: f64| w.is_finite() && w >= 0.0;
+        if !weight_ok(r.stakes.default_weight) {
+            return Err(bad(
+                "rules.stakes.default_weight",
+                "must be a finite number >= 0".into(),
+            ));
+        }
+        if !(r.stakes.engagement_factor.is_finite() && (0.0..=1.0).contains(&r.stakes.engagement_factor)) {
+            return Err(bad(
+                "rules.stakes.engagement_factor",
+                "must be within [0, 1]".into(),
+            ));
+        }
+        for (i, p) in r.stakes.patterns.iter().enumerate() {
+            if p.pattern.trim().is_empty() {
+                return Err(bad(
+                    &format!("rules.stakes.patterns[{i}].pattern"),
+                    "must not be empty".into(),
+                ));
+            }
+            if !weight_ok(p.weight) {
+                return Err(bad(
+                    &format!("rules.stakes.patterns[{i}].weight"),
+                    "must be a finite number >= 0".into(),
+                ));
+            }
+        }
+        for (tier, m) in &r.tiers {
+            if !(m.is_finite() && *m > 0.0) {
+                return Err(bad(
+                    &format!("rules.tiers.{tier}"),
+                    "must be a finite number > 0".into(),
+                ));
+            }
+        }
+        if !(r.experience_decline.threshold.is_finite() && r.experience_decline.threshold < 0.0) {
+            return Err(bad(
+                "rules.experience_decline.threshold",
+                "must be a negative number".into(),
+            ));
+        }
+        if r.high_effort.min_contacts < 2 {
+            return Err(bad("rules.high_effort.min_contacts", "must be at least 2".into()));
+        }
+        if r.high_effort.window.is_zero() {
+            return Err(bad("rules.high_effort.window", "must be longer than zero".into()));
+        }
+        if !(2..=9).contains(&r.channel_hopping.min_channels) {
+            return Err(bad(
+                "rules.channel_hopping.min_channels",
+                "must be 2..=9 (there are nine channels)".into(),
+            ));
+        }
+        if r.channel_hopping.window.is_zero() {
+            return Err(bad(
+                "rules.channel_hopping.window",
+                "must be longer than zero".into(),
+            ));
+        }
+        for (i, p) in self.privacy.sensitive_attributes.iter().enumerate() {
+            if p.trim().is_empty() {
+                return Err(bad(
+                    &format!("privacy.sensitive_attributes[{i}]"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Figment's error, flattened to one line that names the key path and what was wrong.
+fn describe_figment(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            let origin = err
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            let origin = if origin.contains("environment") {
+                format!(" (from environment {ENV_PREFIX}*)")
+            } else {
+                String::new()
+            };
+            if key.is_empty() {
+                format!("{}{origin}", err.kind)
+            } else {
+                format!("key `{key}`: {}{origin}", err.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Matches `text` against a glob where `*` stands for any run of characters.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = parts.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, Path::new("test.toml"), false)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_rules() {
+        let c = parse("").unwrap();
+        assert_eq!(c.engine.allowed_lateness, Duration::from_secs(600));
+        assert_eq!(c.engine.case_sla, Duration::from_secs(4 * 3600));
+        assert_eq!(c.rules.tiers["vip"], 2.0);
+        assert_eq!(c.rules.high_effort.min_contacts, 4);
+        assert_eq!(c.rules.stakes.patterns.len(), 9);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[engine]\nlatenes = \"1m\"\n").unwrap_err().to_string();
+        assert!(err.contains("test.toml"), "{err}");
+        assert!(err.contains("latenes"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let err = parse("[engine]\ncase_sla = \"four hours\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("engine.case_sla"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_problem() {
+        let err = parse("[rules.experience_decline]\nthreshold = 2.0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config file test.toml: key `rules.experience_decline.threshold`: must be a negative number"
+        );
+        let err = parse("[rules.tiers]\ngold = 0\n").unwrap_err().to_string();
+        assert!(err.contains("rules.tiers.gold"), "{err}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("payment.*", "payment.transfer"));
+        assert!(!glob_match("payment.*", "payments.transfer"));
+        assert!(glob_match("order.delivery*", "order.delivery"));
+        assert!(glob_match("order.delivery*", "order.delivery.late"));
+        assert!(glob_match("ssn", "ssn"));
+        assert!(!glob_match("ssn", "ssn2"));
+        assert!(glob_match("*.menu", "ivr.menu"));
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(!glob_match("a*b*c", "aXcYb"));
+        assert!(!glob_match("ab*ba", "aba"));
+        assert!(glob_match("*", ""));
+    }
+}

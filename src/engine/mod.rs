@@ -1,0 +1,891 @@
+//! The experience engine: per-customer state in a concurrent map, the recovery rules, the case
+//! lifecycle and event-time timers. Pure: time comes in as arguments, effects go out in a `Vec`.
+//!
+//! [`Engine`] is shared (one per process); [`Stream`] is one ordered input (a Kafka partition, a
+//! replay file) with its own watermark, reorder buffer and timer queue. Every customer belongs to
+//! exactly one stream, so the map is only ever written by that stream's task.
+
+pub mod intern;
+pub mod rules;
+pub mod state;
+
+use crate::config::Config;
+use crate::model::{
+    AlertStatus, Channel, Direction, Millis, RecentTouchpoint, RecoveryAlert, Severity, Touchpoint,
+    TouchpointKind,
+};
+use dashmap::DashMap;
+use intern::Interner;
+use rules::{Polarity, Rules, Stake};
+use serde::Serialize;
+use state::{Case, CompactId, CustomerState, Episode, NO_TIER, Recent, RuleId, fnv64};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+/// Distinct touchpoint types and tiers remembered before new ones read back as "(other)".
+const VOCABULARY_CAP: usize = 65_536;
+
+/// What processing a touchpoint (or the passing of event time) caused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Publish this alert. `seq` is the record that caused it; `None` for a timer alert.
+    Alert {
+        alert: Box<RecoveryAlert>,
+        seq: Option<u64>,
+    },
+    /// The record was applied to state; every alert it caused was emitted before this.
+    Applied { seq: u64 },
+    /// The record repeats an event id already applied: nothing changed.
+    Duplicate { seq: u64 },
+    /// The record arrived behind the watermark and was not applied.
+    Late {
+        seq: u64,
+        event: Box<Touchpoint>,
+        behind_ms: Millis,
+    },
+    /// A customer idle past the TTL was dropped from state.
+    Evicted,
+}
+
+/// Shared engine: compiled rules plus the customer map.
+pub struct Engine {
+    rules: Rules,
+    customers: DashMap<Arc<str>, Box<CustomerState>>,
+    touchpoint_types: Interner<Stake>,
+    tiers: Interner<f64>,
+}
+
+/// A read-only view of one customer, for the person who picks up an alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerView {
+    pub customer_id: String,
+    pub customer_tier: Option<String>,
+    pub experience_score: f64,
+    pub score_as_of: Millis,
+    pub recent_touchpoints: Vec<RecentTouchpoint>,
+    pub open_cases: Vec<CaseView>,
+}
+
+/// An open case as [`CustomerView`] shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseView {
+    pub case_id: String,
+    pub journey: String,
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub opened_at: Millis,
+    pub last_touch: Millis,
+    pub escalated: bool,
+    pub recommended_channel: Channel,
+}
+
+fn round_to(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    let r = (x * f).round() / f;
+    if r == 0.0 { 0.0 } else { r }
+}
+
+/// What the rules look at when a touchpoint lands on a journey with no open case.
+#[derive(Clone, Copy)]
+struct Facts<'a> {
+    tier: Option<&'a str>,
+    polarity: Polarity,
+    stake: Stake,
+    tier_mult: f64,
+    score: f64,
+    episode: Episode,
+}
+
+/// The case-level facts one alert needs beyond the case itself.
+struct AlertSpec<'a> {
+    status: AlertStatus,
+    rule: RuleId,
+    severity: Severity,
+    event_time: Millis,
+    trigger_event_id: &'a str,
+    reason: String,
+    time_to_recover_ms: Option<i64>,
+    attributes: BTreeMap<String, String>,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Self {
+        let rules = Rules::new(config);
+        let overflow_stake = Stake {
+            weight: rules.config.rules.stakes.default_weight,
+            channel: rules.config.rules.stakes.default_channel,
+        };
+        Self {
+            rules,
+            customers: DashMap::new(),
+            touchpoint_types: Interner::new(VOCABULARY_CAP, overflow_stake),
+            tiers: Interner::new(VOCABULARY_CAP, 1.0),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.rules.config
+    }
+
+    /// Customers currently held in state.
+    pub fn customer_count(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// Sum of [`CustomerState::footprint`] over all customers plus their keys.
+    pub fn state_bytes(&self) -> usize {
+        self.customers
+            .iter()
+            .map(|e| e.value().footprint() + e.key().len() + 16)
+            .sum()
+    }
+
+    /// Drops every customer for which `keep` is false (a partition revoked from this instance).
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.customers.retain(|k, _| keep(k));
+    }
+
+    /// What we know about one customer, if this instance holds them.
+    pub fn customer(&self, customer_id: &str) -> Option<CustomerView> {
+        let guard = self.customers.get(customer_id)?;
+        let s = &**guard;
+        let as_of = s.last_event().unwrap_or(s.score_at);
+        Some(CustomerView {
+            customer_id: customer_id.to_string(),
+            customer_tier: (s.tier != NO_TIER).then(|| self.tiers.name(s.tier).to_string()),
+            experience_score: round_to(self.rules.decay(s.score, s.score_at, as_of), 4),
+            score_as_of: as_of,
+            recent_touchpoints: self.recent(s),
+            open_cases: s
+                .cases()
+                .iter()
+                .map(|c| CaseView {
+                    case_id: c.case_id(),
+                    journey: c.journey.to_string(),
+                    rule: c.rule.as_str(),
+                    severity: c.severity,
+                    opened_at: c.opened_at,
+                    last_touch: c.last_touch,
+                    escalated: c.escalated,
+                    recommended_channel: c.channel,
+                })
+                .collect(),
+        })
+    }
+
+    fn recent(&self, s: &CustomerState) -> Vec<RecentTouchpoint> {
+        s.recent()
+            .map(|r| RecentTouchpoint {
+                event_id: s.event_id(r),
+                occurred_at: r.occurred_at,
+                channel: r.channel(),
+                touchpoint: self.touchpoint_types.name(r.touchpoint).to_string(),
+                outcome: r.outcome(),
+                sentiment: r.sentiment(),
+            })
+            .collect()
+    }
+
+    fn tier_multiplier(&self, tier: u32) -> f64 {
+        if tier == NO_TIER {
+            1.0
+        } else {
+            self.tiers.value(tier)
+        }
+    }
+
+    fn build_alert(
+        &self,
+        customer: &str,
+        s: &CustomerState,
+        case: &Case,
+        spec: AlertSpec<'_>,
+        now: Millis,
+    ) -> Box<RecoveryAlert> {
+        let score = self.rules.decay(s.score, s.score_at, spec.event_time);
+        let priority = ((spec.severity.index() + 1) * 10) as f64
+            + f64::from(case.weight)
+            + (-score).clamp(0.0, 50.0) / 10.0;
+        let case_id = case.case_id();
+        Box::new(RecoveryAlert {
+            alert_id: format!("{case_id}-{}", spec.status.as_str().to_ascii_lowercase()),
+            case_id,
+            status: spec.status,
+            customer_id: customer.to_string(),
+            journey: case.journey.to_string(),
+            rule: spec.rule.as_str().to_string(),
+            severity: spec.severity,
+            priority: round_to(priority, 3),
+            reason: spec.reason,
+            recommended_channel: case.channel,
+            trigger_event_id: spec.trigger_event_id.to_string(),
+            event_time: spec.event_time,
+            detected_at: now,
+            experience_score: round_to(score, 4),
+            customer_tier: (s.tier != NO_TIER).then(|| self.tiers.name(s.tier).to_string()),
+            recent_touchpoints: self.recent(s),
+            time_to_recover_ms: spec.time_to_recover_ms,
+            attributes: spec.attributes,
+        })
+    }
+
+    /// Fires this customer's timers due at or before `t`, in deadline order. Returns true when the
+    /// customer has been idle past the TTL at `t` (its state must be dropped).
+    fn fire_due(
+        &self,
+        customer: &str,
+        s: &mut CustomerState,
+        t: Millis,
+        now: Millis,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let r = &self.rules;
+        loop {
+            // (deadline, is_expiry, index): SLA before expiry at the same instant.
+            let mut due: Option<(Millis, bool, usize)> = None;
+            for (i, c) in s.cases().iter().enumerate() {
+                let sla = c.opened_at.saturating_add(r.sla_ms);
+                if !c.escalated && sla <= t && due.is_none_or(|d| (sla, false) < (d.0, d.1)) {
+                    due = Some((sla, false, i));
+                }
+                let exp = c.last_touch.saturating_add(r.case_expiry_ms);
+                if exp <= t && due.is_none_or(|d| (exp, true) < (d.0, d.1)) {
+                    due = Some((exp, true, i));
+                }
+            }
+            let Some((deadline, is_expiry, i)) = due else {
+                break;
+            };
+            let case = s.cases()[i].clone();
+            let alert = if is_expiry {
+                s.extra_mut().cases.remove(i);
+                let reason = format!(
+                    "No touchpoint on journey '{}' for {} since the case opened by {}; closed without recovery - review whether the customer was lost.",
+                    case.journey,
+                    humantime::format_duration(r.config.engine.case_expiry),
+                    case.rule.as_str()
+                );
+                self.build_alert(
+                    customer,
+                    s,
+                    &case,
+                    AlertSpec {
+                        status: AlertStatus::Expired,
+                        rule: RuleId::Expired,
+                        severity: case.severity,
+                        event_time: deadline,
+                        trigger_event_id: &case.last_event_id,
+                        reason,
+                        time_to_recover_ms: None,
+                        attributes: BTreeMap::new(),
+                    },
+                    now,
+                )
+            } else {
+                let severity = case.severity.step_up();
+                let c = &mut s.extra_mut().cases[i];
+                c.escalated = true;
+                c.severity = severity;
+                let reason = format!(
+                    "Case on journey '{}' ({}) has been open {} without recovery; escalate and contact the customer by {}.",
+                    case.journey,
+                    case.rule.as_str(),
+                    humantime::format_duration(r.config.engine.case_sla),
+                    case.channel
+                );
+                self.build_alert(
+                    customer,
+                    s,
+                    &case,
+                    AlertSpec {
+                        status: AlertStatus::Escalated,
+                        rule: RuleId::SlaBreach,
+                        severity,
+                        event_time: deadline,
+                        trigger_event_id: &case.last_event_id,
+                        reason,
+                        time_to_recover_ms: None,
+                        attributes: BTreeMap::new(),
+                    },
+                    now,
+                )
+            };
+            s.shrink_extra();
+            out.push(Effect::Alert { alert, seq: None });
+        }
+        s.last_event()
+            .is_some_and(|last| last.saturating_add(r.ttl_ms) <= t)
+    }
+
+    /// Earliest event time at which this customer has a timer to fire.
+    fn next_deadline(&self, s: &CustomerState) -> Millis {
+        let r = &self.rules;
+        let mut d = s.last_event().map_or(Millis::MAX, |l| l.saturating_add(r.ttl_ms));
+        for c in s.cases() {
+            if !c.escalated {
+                d = d.min(c.opened_at.saturating_add(r.sla_ms));
+            }
+            d = d.min(c.last_touch.saturating_add(r.case_expiry_ms));
+        }
+        d
+    }
+
+    /// Whether this event id was already applied for its customer.
+    fn already_seen(&self, ev: &Touchpoint) -> bool {
+        self.customers
+            .get(ev.customer_id.as_str())
+            .is_some_and(|s| s.has_seen(&CompactId::new(&ev.event_id), &ev.event_id))
+    }
+
+    /// Applies one in-order touchpoint. Returns the customer key and deadline to (re)queue.
+    fn apply(
+        &self,
+        ev: Touchpoint,
+        seq: u64,
+        now: Millis,
+        out: &mut Vec<Effect>,
+    ) -> Option<(Arc<str>, Millis)> {
+        let r = &self.rules;
+        let t = ev.occurred_at;
+        let (tp_id, type_stake) = self
+            .touchpoint_types
+            .intern(&ev.touchpoint, |s| r.stake_of_type(s));
+        let event_tier = ev
+            .customer_tier
+            .as_deref()
+            .map(|tier| self.tiers.intern(tier, |s| r.tier_multiplier(s)).0);
+
+        let mut guard = match self.customers.get_mut(ev.customer_id.as_str()) {
+            Some(g) => g,
+            None => self
+                .customers
+                .entry(Arc::from(ev.customer_id.as_str()))
+                .or_insert_with(|| Box::new(CustomerState::new(r.config.engine.recent_touchpoints, t))),
+        };
+        let s: &mut CustomerState = &mut guard;
+
+        if self.fire_due(&ev.customer_id, s, t, now, out) {
+            let queued = s.queued_deadline;
+            *s = CustomerState::new(r.config.engine.recent_touchpoints, t);
+            s.queued_deadline = queued;
+            out.push(Effect::Evicted);
+        }
+        let id = CompactId::new(&ev.event_id);
+        if s.has_seen(&id, &ev.event_id) {
+            out.push(Effect::Duplicate { seq });
+            return None;
+        }
+
+        if let Some(tier) = event_tier {
+            s.tier = tier;
+        }
+        let tier_mult = self.tier_multiplier(s.tier);
+        let polarity = r.polarity(ev.outcome, ev.sentiment);
+        let stake = r.stake(type_stake, ev.kind);
+
+        // Score: decay to now, then add this touchpoint's contribution.
+        s.score = r.decay(s.score, s.score_at, t);
+        s.score_at = s.score_at.max(t);
+        match polarity {
+            Polarity::Negative => s.score -= stake.weight * tier_mult,
+            Polarity::Positive => s.score += stake.weight * tier_mult,
+            Polarity::Neutral => {}
+        }
+
+        // Episode on this journey.
+        let journey_hash = fnv64(&[ev.journey.as_bytes()]);
+        let episode = self.episode(s, journey_hash, t);
+        if ev.direction == Direction::Inbound {
+            if ev.kind == TouchpointKind::Interaction {
+                episode.contacts = episode.contacts.saturating_add(1);
+            }
+            episode.channels |= 1 << ev.channel.index();
+        }
+        episode.last = t;
+        let ep = *episode;
+
+        s.remember(
+            Recent::new(
+                id,
+                t,
+                tp_id,
+                ev.channel,
+                ev.kind,
+                ev.direction,
+                ev.outcome,
+                ev.sentiment,
+            ),
+            &ev.event_id,
+        );
+
+        let case_at = s.cases().iter().position(|c| c.journey_hash == journey_hash);
+        match (polarity, case_at) {
+            (Polarity::Positive, Some(i)) if s.cases()[i].opened_at <= t => {
+                let case = s.extra_mut().cases.remove(i);
+                self.reset_episode(s, journey_hash, t);
+                let took = t - case.opened_at;
+                let reason = format!(
+                    "Recovered: {} ended {} on {} after {}; no further action needed.",
+                    ev.touchpoint,
+                    ev.outcome,
+                    ev.channel,
+                    humantime::format_duration(std::time::Duration::from_millis(took as u64))
+                );
+                let alert = self.build_alert(
+                    &ev.customer_id,
+                    s,
+                    &case,
+                    AlertSpec {
+                        status: AlertStatus::Recovered,
+                        rule: RuleId::Recovered,
+                        severity: case.severity,
+                        event_time: t,
+                        trigger_event_id: &ev.event_id,
+                        reason,
+                        time_to_recover_ms: Some(took),
+                        attributes: r.shareable_attributes(&ev),
+                    },
+                    now,
+                );
+                s.shrink_extra();
+                out.push(Effect::Alert {
+                    alert,
+                    seq: Some(seq),
+                });
+            }
+            (Polarity::Positive, _) => self.reset_episode(s, journey_hash, t),
+            (Polarity::Negative, Some(i)) => {
+                let case = &mut s.extra_mut().cases[i];
+                case.last_touch = case.last_touch.max(t);
+                case.last_event_id = ev.event_id.as_str().into();
+                if !case.escalated {
+                    case.escalated = true;
+                    case.severity = case.severity.step_up();
+                    let case = case.clone();
+                    let reason = format!(
+                        "Another negative touchpoint on an open case: {} ended {} on {} (journey '{}'); escalate and contact the customer by {}.",
+                        ev.touchpoint, ev.outcome, ev.channel, ev.journey, case.channel
+                    );
+                    let alert = self.build_alert(
+                        &ev.customer_id,
+                        s,
+                        &case,
+                        AlertSpec {
+                            status: AlertStatus::Escalated,
+                            rule: RuleId::RepeatNegative,
+                            severity: case.severity,
+                            event_time: t,
+                            trigger_event_id: &ev.event_id,
+                            reason,
+                            time_to_recover_ms: None,
+                            attributes: r.shareable_attributes(&ev),
+                        },
+                        now,
+                    );
+                    out.push(Effect::Alert {
+                        alert,
+                        seq: Some(seq),
+                    });
+                }
+            }
+            (_, Some(i)) => {
+                let case = &mut s.extra_mut().cases[i];
+                case.last_touch = case.last_touch.max(t);
+                case.last_event_id = ev.event_id.as_str().into();
+            }
+            (_, None) => {
+                let tier_name = (s.tier != NO_TIER).then(|| self.tiers.name(s.tier));
+                if let Some((rule, severity, reason)) = self.evaluate(
+                    &ev,
+                    &Facts {
+                        tier: tier_name.as_deref(),
+                        polarity,
+                        stake,
+                        tier_mult,
+                        score: s.score,
+                        episode: ep,
+                    },
+                ) {
+                    let case = Case {
+                        journey: ev.journey.as_str().into(),
+                        journey_hash,
+                        case_hash: fnv64(&[
+                            ev.customer_id.as_bytes(),
+                            ev.journey.as_bytes(),
+                            &t.to_le_bytes(),
+                            ev.event_id.as_bytes(),
+                        ]),
+                        opened_at: t,
+                        last_touch: t,
+                        last_event_id: ev.event_id.as_str().into(),
+                        rule,
+                        severity,
+                        channel: stake.channel,
+                        escalated: false,
+                        weight: (stake.weight * tier_mult) as f32,
+                    };
+                    let alert = self.build_alert(
+                        &ev.customer_id,
+                        s,
+                        &case,
+                        AlertSpec {
+                            status: AlertStatus::Open,
+                            rule,
+                            severity,
+                            event_time: t,
+                            trigger_event_id: &ev.event_id,
+                            reason,
+                            time_to_recover_ms: None,
+                            attributes: r.shareable_attributes(&ev),
+                        },
+                        now,
+                    );
+                    if s.cases().len() >= r.config.engine.max_open_cases {
+                        self.expire_oldest_case(&ev.customer_id, s, t, now, seq, out);
+                    }
+                    s.extra_mut().cases.push(case);
+                    out.push(Effect::Alert {
+                        alert,
+                        seq: Some(seq),
+                    });
+                }
+            }
+        }
+        out.push(Effect::Applied { seq });
+
+        let deadline = self.next_deadline(s);
+        if deadline < s.queued_deadline {
+            s.queued_deadline = deadline;
+            return Some((guard.key().clone(), deadline));
+        }
+        None
+    }
+
+    /// Makes room for a new case by closing the customer's oldest one, loudly: its followers
+    /// learn it was not recovered.
+    fn expire_oldest_case(
+        &self,
+        customer: &str,
+        s: &mut CustomerState,
+        t: Millis,
+        now: Millis,
+        seq: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(oldest) = (0..s.cases().len()).min_by_key(|&i| (s.cases()[i].opened_at, i)) else {
+            return;
+        };
+        let case = s.extra_mut().cases.remove(oldest);
+        let reason = format!(
+            "Closed without recovery to make room: the customer has {} newer open cases; review journey '{}' by hand.",
+            self.rules.config.engine.max_open_cases, case.journey
+        );
+        let alert = self.build_alert(
+            customer,
+            s,
+            &case,
+            AlertSpec {
+                status: AlertStatus::Expired,
+                rule: RuleId::CaseLimit,
+                severity: case.severity,
+                event_time: t,
+                trigger_event_id: &case.last_event_id,
+                reason,
+                time_to_recover_ms: None,
+                attributes: BTreeMap::new(),
+            },
+            now,
+        );
+        out.push(Effect::Alert {
+            alert,
+            seq: Some(seq),
+        });
+    }
+
+    /// Which rule, if any, opens a case for this touchpoint (no case is open on its journey).
+    /// Rules are tried in order of how sure they are; severity is the highest any matching rule gives.
+    fn evaluate(&self, ev: &Touchpoint, facts: &Facts<'_>) -> Option<(RuleId, Severity, String)> {
+        let Facts {
+            tier,
+            polarity,
+            stake,
+            tier_mult,
+            score,
+            episode: ep,
+        } = *facts;
+        let rc = &self.rules.config.rules;
+        let t = ev.occurred_at;
+        let who = tier.map_or_else(|| "the customer".to_string(), |t| format!("a {t} customer"));
+        let mut found: Option<(RuleId, Severity, String)> = None;
+        let mut consider = |rule: RuleId, severity: Severity, reason: &dyn Fn() -> String| match &mut found {
+            None => found = Some((rule, severity, reason())),
+            Some(f) => f.1 = f.1.max(severity),
+        };
+        let negative = polarity == Polarity::Negative;
+        if rc.critical_negative.enabled && negative && stake.weight >= rc.critical_negative.min_stakes {
+            let severity = if tier_mult >= rc.critical_negative.critical_tier_multiplier {
+                Severity::Critical
+            } else {
+                Severity::High
+            };
+            consider(RuleId::CriticalNegative, severity, &|| {
+                format!(
+                    "Moment of truth went wrong: {} ended {}{} on {} for {} (journey '{}'); contact them by {} now.",
+                    ev.touchpoint,
+                    ev.outcome,
+                    ev.sentiment
+                        .map(|s| format!(" with sentiment {s:.2}"))
+                        .unwrap_or_default(),
+                    ev.channel,
+                    who,
+                    ev.journey,
+                    stake.channel
+                )
+            });
+        }
+        if rc.experience_decline.enabled && negative && score <= rc.experience_decline.threshold {
+            consider(RuleId::ExperienceDecline, Severity::Medium, &|| {
+                format!(
+                    "Experience score fell to {score:.2} (threshold {}) after {} ended {} on {} (journey '{}'); reach out by {}.",
+                    rc.experience_decline.threshold,
+                    ev.touchpoint,
+                    ev.outcome,
+                    ev.channel,
+                    ev.journey,
+                    stake.channel
+                )
+            });
+        }
+        let age = t - ep.first;
+        if rc.high_effort.enabled
+            && u32::from(ep.contacts) >= rc.high_effort.min_contacts
+            && age <= self.rules.effort_window_ms
+        {
+            consider(RuleId::HighEffort, Severity::Medium, &|| {
+                format!(
+                    "Customer has contacted us {} times about '{}' within {} without success; have one person own it and call them by {}.",
+                    ep.contacts,
+                    ev.journey,
+                    humantime::format_duration(std::time::Duration::from_millis(age as u64)),
+                    stake.channel
+                )
+            });
+        }
+        let channels = ep.channels.count_ones();
+        if rc.channel_hopping.enabled
+            && channels >= rc.channel_hopping.min_channels
+            && age <= self.rules.hopping_window_ms
+        {
+            consider(RuleId::ChannelHopping, Severity::Medium, &|| {
+                let names: Vec<&str> = Channel::ALL
+                    .iter()
+                    .filter(|c| ep.channels & (1 << c.index()) != 0)
+                    .map(|c| c.as_str())
+                    .collect();
+                format!(
+                    "Customer tried {} channels ({}) for '{}' without success; have one person own it and reach them by {}.",
+                    channels,
+                    names.join(", "),
+                    ev.journey,
+                    stake.channel
+                )
+            });
+        }
+        found
+    }
+
+    /// The episode for `journey` at `t`, starting a fresh one when none is open or the open one is
+    /// older than the rules' window.
+    fn episode<'s>(&self, s: &'s mut CustomerState, journey: u64, t: Millis) -> &'s mut Episode {
+        let window = self.rules.episode_window_ms;
+        s.episodes
+            .retain(|e| e.journey == journey || t - e.last <= window);
+        let fresh = Episode {
+            journey,
+            first: t,
+            last: t,
+            contacts: 0,
+            channels: 0,
+        };
+        let at = match s.episodes.iter().position(|e| e.journey == journey) {
+            Some(i) => {
+                if t - s.episodes[i].first > window {
+                    s.episodes[i] = fresh;
+                }
+                i
+            }
+            None => {
+                if s.episodes.len() >= self.rules.config.engine.max_journeys {
+                    let stalest = (0..s.episodes.len())
+                        .min_by_key(|&i| s.episodes[i].last)
+                        .unwrap_or(0);
+                    s.episodes.swap_remove(stalest);
+                }
+                s.episodes.push(fresh);
+                s.episodes.len() - 1
+            }
+        };
+        &mut s.episodes[at]
+    }
+
+    fn reset_episode(&self, s: &mut CustomerState, journey: u64, t: Millis) {
+        if let Some(e) = s.episodes.iter_mut().find(|e| e.journey == journey) {
+            *e = Episode {
+                journey,
+                first: t,
+                last: t,
+                contacts: 0,
+                channels: 0,
+            };
+        }
+    }
+}
+
+/// A touchpoint waiting for the watermark, ordered by (event time, event id, arrival).
+struct Pending {
+    ev: Touchpoint,
+    seq: u64,
+}
+
+impl Pending {
+    fn key(&self) -> (Millis, &str, u64) {
+        (self.ev.occurred_at, &self.ev.event_id, self.seq)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// One ordered input: its watermark, the touchpoints waiting for it, and its timer queue.
+///
+/// Touchpoints are applied in event-time order once the watermark (highest event time seen minus
+/// the allowed lateness) passes them, so any arrival order within the lateness gives the same
+/// result. A touchpoint behind the watermark is reported as [`Effect::Late`], never applied.
+pub struct Stream {
+    engine: Arc<Engine>,
+    max_seen: Millis,
+    buffer: BinaryHeap<Reverse<Pending>>,
+    timers: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
+}
+
+impl Stream {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            max_seen: Millis::MIN,
+            buffer: BinaryHeap::new(),
+            timers: BinaryHeap::new(),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Highest event time seen minus the allowed lateness.
+    pub fn watermark(&self) -> Millis {
+        self.max_seen.saturating_sub(self.engine.rules.lateness_ms)
+    }
+
+    /// Touchpoints waiting for the watermark.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The lowest `seq` still waiting for the watermark: everything below it is finished.
+    pub fn lowest_buffered_seq(&self) -> Option<u64> {
+        self.buffer.iter().map(|p| p.0.seq).min()
+    }
+
+    /// Takes one touchpoint (`seq` identifies its record, e.g. its offset) at processing time `now`.
+    pub fn push(&mut self, ev: Touchpoint, seq: u64, now: Millis, out: &mut Vec<Effect>) {
+        let watermark = self.watermark();
+        if ev.occurred_at < watermark {
+            if self.engine.already_seen(&ev) {
+                out.push(Effect::Duplicate { seq });
+            } else {
+                let behind_ms = watermark - ev.occurred_at;
+                out.push(Effect::Late {
+                    seq,
+                    event: Box::new(ev),
+                    behind_ms,
+                });
+            }
+            return;
+        }
+        self.max_seen = self.max_seen.max(ev.occurred_at);
+        self.buffer.push(Reverse(Pending { ev, seq }));
+        self.release(self.watermark(), now, out);
+    }
+
+    /// End of input (replay): applies everything still buffered and fires timers due by the
+    /// highest event time seen.
+    pub fn flush(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        self.release(Millis::MAX, now, out);
+    }
+
+    fn release(&mut self, upto: Millis, now: Millis, out: &mut Vec<Effect>) {
+        while self.buffer.peek().is_some_and(|p| p.0.ev.occurred_at <= upto) {
+            let Some(Reverse(p)) = self.buffer.pop() else {
+                break;
+            };
+            if let Some(timer) = self.engine.apply(p.ev, p.seq, now, out) {
+                self.timers.push(Reverse((timer.1, timer.0)));
+            }
+        }
+        self.fire_timers(upto.min(self.max_seen), now, out);
+    }
+
+    fn fire_timers(&mut self, upto: Millis, now: Millis, out: &mut Vec<Effect>) {
+        let engine = &*self.engine;
+        while self.timers.peek().is_some_and(|t| t.0.0 <= upto) {
+            let Some(Reverse((deadline, key))) = self.timers.pop() else {
+                break;
+            };
+            let evict = {
+                let Some(mut guard) = engine.customers.get_mut(&*key) else {
+                    continue;
+                };
+                let s: &mut CustomerState = &mut guard;
+                if s.queued_deadline == deadline {
+                    s.queued_deadline = Millis::MAX;
+                }
+                let evict = engine.fire_due(&key, s, upto, now, out);
+                if !evict {
+                    let next = engine.next_deadline(s);
+                    if next < s.queued_deadline {
+                        s.queued_deadline = next;
+                        self.timers.push(Reverse((next, key.clone())));
+                    }
+                }
+                evict
+            };
+            if evict {
+                engine.customers.remove(&*key);
+                out.push(Effect::Evicted);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
