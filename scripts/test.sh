@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# The test command (see README): everything the suite needs is installed and started here,
-# idempotently, so it works on a fresh machine.
+# The test command (see README): installs and starts everything the suite needs, idempotently,
+# so it works on a fresh machine: the tansu broker (scripts/kafka.sh) and the Python test clients
+# (scripts/py-env.sh). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/kafka.sh up
+export CX_KAFKA_BROKERS=127.0.0.1:${CX_KAFKA_PORT:-19092}
+CX_PYTHON=$(scripts/py-env.sh)
+export CX_PYTHON
+export CX_REQUIRE_EXTERNAL=1
 cargo test --locked "$@"

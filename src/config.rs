@@ -1,8 +1,9 @@
 //! Configuration: the TOML file, `CX_SENTINEL__*` env overrides, defaults, and validation naming the key.
 
+use crate::codec::Format;
 use crate::model::{Channel, Outcome};
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,116 @@ pub struct Config {
     pub engine: EngineConfig,
     pub rules: RulesConfig,
     pub privacy: PrivacyConfig,
+    pub kafka: KafkaConfig,
+    pub input: TopicFormat,
+    pub output: TopicFormat,
+    pub schema_registry: SchemaRegistryConfig,
+    pub http: HttpConfig,
+    pub service: ServiceConfig,
+    pub log: LogConfig,
+}
+
+/// Where to read and write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    pub alert_topic: String,
+    pub dlq_topic: String,
+    /// Passed to librdkafka as-is, for both consumer and producer (security.protocol,
+    /// sasl.*, ssl.*, fetch sizes, ...). Keys set here win over cx-sentinel's defaults.
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "cx-sentinel".into(),
+            input_topic: "touchpoints".into(),
+            alert_topic: "recovery-alerts".into(),
+            dlq_topic: "touchpoints.dlq".into(),
+            librdkafka_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// Encoding of one topic's records.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicFormat {
+    pub format: Format,
+    /// confluent-avro without a registry: on input, the schema ids accepted (empty = any id,
+    /// read with the bundled schema); on output, the first is the id written.
+    pub schema_ids: Vec<u32>,
+}
+
+/// Optional Confluent-compatible Schema Registry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistryConfig {
+    /// `http://host:port`; when set, input schema ids are looked up there and the alert schema is
+    /// registered under `<alert_topic>-value`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/health/*` and `/customers/{id}`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// On SIGTERM/SIGINT: how long to finish in-flight work, flush and commit before giving up.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `cx_sentinel=debug,rdkafka=warn`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Event-time and state-size knobs.
@@ -427,6 +538,51 @@ impl Config {
                 "must be longer than zero".into(),
             ));
         }
+        let k = &self.kafka;
+        for (key, value) in [
+            ("kafka.brokers", &k.brokers),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.alert_topic", &k.alert_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                return Err(bad(key, "must not be empty".into()));
+            }
+        }
+        if k.input_topic == k.alert_topic || k.input_topic == k.dlq_topic {
+            return Err(bad(
+                "kafka.input_topic",
+                "must differ from kafka.alert_topic and kafka.dlq_topic".into(),
+            ));
+        }
+        if self.output.format == Format::ConfluentAvro
+            && self.output.schema_ids.is_empty()
+            && self.schema_registry.url.is_none()
+        {
+            return Err(bad(
+                "output.schema_ids",
+                "confluent-avro output needs a schema id to write: set output.schema_ids = [ID] or schema_registry.url"
+                    .into(),
+            ));
+        }
+        if let Some(url) = &self.schema_registry.url
+            && !url.starts_with("http://")
+        {
+            return Err(bad(
+                "schema_registry.url",
+                format!("'{url}' must start with http:// (put TLS termination in front of the registry)"),
+            ));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "http.listen",
+                format!("'{}' is not an address like 0.0.0.0:9464", self.http.listen),
+            ));
+        }
+        if self.service.shutdown_timeout.is_zero() {
+            return Err(bad("service.shutdown_timeout", "must be longer than zero".into()));
+        }
         for (i, p) in self.privacy.sensitive_attributes.iter().enumerate() {
             if p.trim().is_empty() {
                 return Err(bad(
@@ -528,6 +684,33 @@ mod tests {
         );
         let err = parse("[rules.tiers]\ngold = 0\n").unwrap_err().to_string();
         assert!(err.contains("rules.tiers.gold"), "{err}");
+    }
+
+    #[test]
+    fn service_keys_validated() {
+        let err = parse("[kafka]\nbrokers = \"\"\n").unwrap_err().to_string();
+        assert!(err.contains("kafka.brokers"), "{err}");
+        let err = parse("[output]\nformat = \"confluent-avro\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("output.schema_ids"), "{err}");
+        let err = parse("[input]\nformat = \"xml\"\n").unwrap_err().to_string();
+        assert!(err.contains("input.format") && err.contains("xml"), "{err}");
+        let err = parse("[http]\nlisten = \"everywhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.listen"), "{err}");
+        let c = parse("[kafka.librdkafka_options]\n\"security.protocol\" = \"SASL_SSL\"\n").unwrap();
+        assert_eq!(c.kafka.librdkafka_options["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        // SAFETY: this test alone uses this variable name; no other thread reads it.
+        unsafe { std::env::set_var("CX_SENTINEL__KAFKA__GROUP_ID", "from-env") };
+        let c = Config::from_toml_with_env("[kafka]\ngroup_id = \"from-file\"\n", Path::new("t.toml"), true);
+        unsafe { std::env::remove_var("CX_SENTINEL__KAFKA__GROUP_ID") };
+        assert_eq!(c.unwrap().kafka.group_id, "from-env");
     }
 
     #[test]

@@ -8,9 +8,17 @@
 //!   watermark and event-time timers. Takes `(touchpoint, now)`, returns effects.
 //! - [`codec`]: JSON and Avro (bare and Confluent-framed) for both contracts, plus validation.
 //! - [`replay`]: runs the engine over a file, the offline twin of the live service.
+//! - [`metrics`]: the Prometheus registry and every metric name.
+//! - [`service`]: the Kafka consumer/producer loop, dead letters, offsets, HTTP, shutdown.
+//! - [`demo`]: the service against an in-process cluster fed by the generator.
+//! - [`generator`]: realistic multi-channel journeys (some going wrong) for the demo and benchmarks.
 
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod engine;
+pub mod generator;
+pub mod metrics;
 pub mod model;
 pub mod replay;
+pub mod service;

@@ -33,6 +33,23 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Run the service: consume touchpoints, publish recovery alerts, serve HTTP. Stops on SIGTERM/SIGINT.
+    Run {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+    /// Everything in one process, nothing to install: an in-process Kafka cluster, a generator of
+    /// realistic journeys, and the real pipeline; alerts print as JSON lines. Ctrl-C stops it.
+    Demo {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Touchpoints per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Event-time seconds per wall-clock second.
+        #[arg(long, default_value_t = 120.0)]
+        speedup: f64,
+    },
     /// Validate a configuration file; exits non-zero naming the key and the problem.
     CheckConfig {
         #[arg(long, default_value = "config/default.toml")]
@@ -53,6 +70,36 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+/// Logs go to stderr (stdout is for data: replay and demo print alerts there).
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        cx_sentinel::config::LogFormat::Json => builder.json().init(),
+        cx_sentinel::config::LogFormat::Text => builder.init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -66,6 +113,32 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            init_tracing(&config);
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(cx_sentinel::service::run(config, shutdown_signal(), |_| {}))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            config,
+            rate,
+            speedup,
+        } => {
+            let mut config = Config::load(&config)?;
+            if std::env::var_os("RUST_LOG").is_none() {
+                config.log.level = "warn".into();
+            }
+            init_tracing(&config);
+            let options = cx_sentinel::demo::DemoOptions {
+                rate,
+                speedup,
+                ..Default::default()
+            };
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(cx_sentinel::demo::run(config, options, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { config } => {
             Config::load(&config)?;
             println!("{}: ok", config.display());

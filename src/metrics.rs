@@ -1,0 +1,174 @@
+//! Prometheus metrics: one registry, names as constants, low-cardinality labels only.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub const RECORDS_CONSUMED: &str = "cx_sentinel_records_consumed_total";
+pub const DECODE_ERRORS: &str = "cx_sentinel_decode_errors_total";
+pub const DEAD_LETTERS: &str = "cx_sentinel_dead_letters_total";
+pub const LATE_RECORDS: &str = "cx_sentinel_late_records_total";
+pub const DUPLICATE_RECORDS: &str = "cx_sentinel_duplicate_records_total";
+pub const ALERTS: &str = "cx_sentinel_alerts_total";
+pub const PRODUCE_ERRORS: &str = "cx_sentinel_produce_errors_total";
+pub const PROCESSING_SECONDS: &str = "cx_sentinel_processing_duration_seconds";
+pub const END_TO_END_SECONDS: &str = "cx_sentinel_end_to_end_latency_seconds";
+pub const CONSUMER_LAG: &str = "cx_sentinel_consumer_lag_records";
+pub const CUSTOMERS: &str = "cx_sentinel_customers_in_state";
+pub const STATE_BYTES: &str = "cx_sentinel_state_bytes";
+pub const REBALANCES: &str = "cx_sentinel_rebalances_total";
+pub const ASSIGNED_PARTITIONS: &str = "cx_sentinel_assigned_partitions";
+pub const EVICTIONS: &str = "cx_sentinel_customers_evicted_total";
+
+/// Every metric the service exports, registered once in `registry`.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Label: partition.
+    pub records_consumed: IntCounterVec,
+    /// Label: class (json, avro, framing, unknown_schema, validation).
+    pub decode_errors: IntCounterVec,
+    /// Label: reason (a decode class, or `late`).
+    pub dead_letters: IntCounterVec,
+    pub late_records: IntCounter,
+    pub duplicate_records: IntCounter,
+    /// Labels: rule, severity, status.
+    pub alerts: IntCounterVec,
+    /// Label: topic kind (alert, dlq).
+    pub produce_errors: IntCounterVec,
+    pub processing_seconds: Histogram,
+    /// Label: status. Event time of the alert to its acknowledgement by the broker.
+    pub end_to_end_seconds: HistogramVec,
+    /// Label: partition.
+    pub consumer_lag: IntGaugeVec,
+    pub customers: IntGauge,
+    pub state_bytes: IntGauge,
+    /// Label: kind (assign, revoke).
+    pub rebalances: IntCounterVec,
+    pub assigned_partitions: IntGauge,
+    pub evictions: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone())).expect("metric names are unique");
+            c
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let latency_buckets = vec![
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            900.0, 3600.0,
+        ];
+        Self {
+            records_consumed: counter_vec(RECORDS_CONSUMED, "Input records consumed.", &["partition"]),
+            decode_errors: counter_vec(
+                DECODE_ERRORS,
+                "Input records that failed decoding or validation.",
+                &["class"],
+            ),
+            dead_letters: counter_vec(
+                DEAD_LETTERS,
+                "Records written to the dead-letter topic.",
+                &["reason"],
+            ),
+            late_records: reg(
+                &registry,
+                IntCounter::new(
+                    LATE_RECORDS,
+                    "Touchpoints behind the watermark (dead-lettered, not applied).",
+                )
+                .expect("valid metric"),
+            ),
+            duplicate_records: reg(
+                &registry,
+                IntCounter::new(
+                    DUPLICATE_RECORDS,
+                    "Touchpoints whose event id was already applied.",
+                )
+                .expect("valid metric"),
+            ),
+            alerts: counter_vec(
+                ALERTS,
+                "Recovery alerts acknowledged by the broker.",
+                &["rule", "severity", "status"],
+            ),
+            produce_errors: counter_vec(PRODUCE_ERRORS, "Failed deliveries (retried).", &["topic"]),
+            processing_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(PROCESSING_SECONDS, "Time to decode and process one input record.")
+                        .buckets(vec![
+                            1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.1,
+                        ]),
+                )
+                .expect("valid metric"),
+            ),
+            end_to_end_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        END_TO_END_SECONDS,
+                        "Event time of an alert to its acknowledgement by the broker.",
+                    )
+                    .buckets(latency_buckets),
+                    &["status"],
+                )
+                .expect("valid metric"),
+            ),
+            consumer_lag: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        CONSUMER_LAG,
+                        "Records behind the partition's high watermark (librdkafka statistics).",
+                    ),
+                    &["partition"],
+                )
+                .expect("valid metric"),
+            ),
+            customers: reg(
+                &registry,
+                IntGauge::new(CUSTOMERS, "Customers held in state on this instance.").expect("valid metric"),
+            ),
+            state_bytes: reg(
+                &registry,
+                IntGauge::new(STATE_BYTES, "Estimated bytes of customer state on this instance.")
+                    .expect("valid metric"),
+            ),
+            rebalances: counter_vec(REBALANCES, "Consumer group rebalances seen.", &["kind"]),
+            assigned_partitions: reg(
+                &registry,
+                IntGauge::new(ASSIGNED_PARTITIONS, "Input partitions assigned to this instance.")
+                    .expect("valid metric"),
+            ),
+            evictions: reg(
+                &registry,
+                IntCounter::new(EVICTIONS, "Customers evicted after the idle TTL.").expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}

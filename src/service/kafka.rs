@@ -1,0 +1,187 @@
+//! Kafka clients: configuration (defaults + pass-through), the consumer context (rebalances,
+//! statistics), topic checks and creation.
+
+use super::{ServiceError, Shared};
+use crate::config::Config;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Partitions gained or lost, reported by the consumer's rebalance callbacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Consumer settings: cx-sentinel's defaults, then `kafka.librdkafka_options` on top.
+pub fn consumer_config(c: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &c.kafka.brokers)
+        .set("group.id", &c.kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by hand, only once a record's alerts are acknowledged.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("statistics.interval.ms", "5000")
+        .set("enable.partition.eof", "false");
+    for (k, v) in &c.kafka.librdkafka_options {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// Producer settings: idempotent, acks from all in-sync replicas, a short linger for batching.
+pub fn producer_config(c: &Config) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &c.kafka.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in &c.kafka.librdkafka_options {
+        if !is_consumer_only(k) {
+            cc.set(k, v);
+        }
+    }
+    cc
+}
+
+fn is_consumer_only(key: &str) -> bool {
+    key.starts_with("fetch.")
+        || key.starts_with("auto.")
+        || key.starts_with("enable.auto.")
+        || matches!(
+            key,
+            "group.id"
+                | "group.instance.id"
+                | "session.timeout.ms"
+                | "heartbeat.interval.ms"
+                | "partition.assignment.strategy"
+                | "max.poll.interval.ms"
+                | "isolation.level"
+                | "enable.partition.eof"
+                | "queued.min.messages"
+                | "queued.max.messages.kbytes"
+        )
+}
+
+/// The consumer's context: forwards rebalances to the pipeline and lag to the metrics.
+pub struct SentinelContext {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) input_topic: String,
+    pub(crate) events: UnboundedSender<RebalanceEvent>,
+}
+
+impl ClientContext for SentinelContext {
+    fn stats(&self, stats: Statistics) {
+        if let Some(topic) = stats.topics.get(&self.input_topic) {
+            for (p, s) in &topic.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    self.shared
+                        .metrics
+                        .consumer_lag
+                        .with_label_values(&[&p.to_string()])
+                        .set(s.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+fn partitions(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect()
+}
+
+impl ConsumerContext for SentinelContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = partitions(tpl, &self.input_topic);
+            tracing::info!(partitions = ?parts, "partitions revoked");
+            self.shared
+                .metrics
+                .rebalances
+                .with_label_values(&["revoke"])
+                .inc();
+            let _ = self.events.send(RebalanceEvent::Revoked(parts));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = partitions(tpl, &self.input_topic);
+                tracing::info!(partitions = ?parts, "partitions assigned");
+                self.shared
+                    .metrics
+                    .rebalances
+                    .with_label_values(&["assign"])
+                    .inc();
+                let _ = self.events.send(RebalanceEvent::Assigned(parts));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// Fails unless every topic exists; returns their partition counts.
+pub fn check_topics<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    brokers: &str,
+    topics: &[(&str, &str)],
+) -> Result<Vec<usize>, ServiceError> {
+    let mut counts = Vec::new();
+    for (key, topic) in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| {
+                ServiceError::Topic(format!(
+                    "cannot read metadata of {key} '{topic}' from {brokers}: {e}"
+                ))
+            })?;
+        let t = md.topics().iter().find(|t| t.name() == *topic);
+        match t {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => counts.push(t.partitions().len()),
+            _ => {
+                return Err(ServiceError::Topic(format!(
+                    "{key} '{topic}' does not exist on {brokers}; create it first (e.g. scripts/kafka.sh topic {topic} 6)"
+                )));
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Creates topics that do not exist yet (tests, the demo and `scripts/`). Existing ones are fine.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), ServiceError> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics(&new, &opts).await? {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(ServiceError::Topic(format!("creating topic '{name}': {code}"))),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! Helpers for the tests that talk to a real broker (`scripts/test.sh` starts one and sets
+//! `CX_KAFKA_BROKERS`; with `CX_REQUIRE_EXTERNAL=1` a missing broker fails the test).
+#![allow(dead_code)]
+
+use cx_sentinel::codec::Format;
+use cx_sentinel::config::Config;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The broker to test against, or `None` (test skipped) when none is configured and none is required.
+pub fn brokers() -> Option<String> {
+    match std::env::var("CX_KAFKA_BROKERS") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ if std::env::var_os("CX_REQUIRE_EXTERNAL").is_some() => {
+            panic!("CX_KAFKA_BROKERS is not set but CX_REQUIRE_EXTERNAL is: run scripts/test.sh")
+        }
+        _ => {
+            eprintln!("skipped: no broker (set CX_KAFKA_BROKERS, or run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct Topics {
+    pub input: String,
+    pub alerts: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
+    let t = Topics {
+        input: unique("tp"),
+        alerts: unique("alerts"),
+        dlq: unique("dlq"),
+        group: unique("group"),
+    };
+    cx_sentinel::service::kafka::create_topics(
+        brokers,
+        &[(&t.input, input_partitions), (&t.alerts, 1), (&t.dlq, 1)],
+    )
+    .await
+    .expect("creating test topics");
+    t
+}
+
+/// Test config: the shipped defaults with lateness 0 (so nothing waits in the reorder buffer),
+/// HTTP on an ephemeral port, and the given topics.
+pub fn config(brokers: &str, t: &Topics, input: Format, output: Format) -> Config {
+    let mut c = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")).unwrap();
+    c.engine.allowed_lateness = Duration::ZERO;
+    c.kafka.brokers = brokers.to_string();
+    c.kafka.input_topic = t.input.clone();
+    c.kafka.alert_topic = t.alerts.clone();
+    c.kafka.dlq_topic = t.dlq.clone();
+    c.kafka.group_id = t.group.clone();
+    c.input.format = input;
+    c.output.format = output;
+    if output == Format::ConfluentAvro {
+        c.output.schema_ids = vec![2];
+    }
+    c.http.listen = "127.0.0.1:0".into();
+    c.service.shutdown_timeout = Duration::from_secs(10);
+    c
+}
+
+/// Every golden scenario's input, one after another: scenario k is shifted k x 40 days later in
+/// event time so none lands behind the previous one's watermark (the cases left open by one
+/// scenario then escalate and expire during the next: timers are exercised too).
+pub fn scenario_lines() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for (k, d) in names.iter().enumerate() {
+        for line in std::fs::read_to_string(d.join("input.jsonl")).unwrap().lines() {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            let t = match &v["occurred_at"] {
+                Value::String(s) => cx_sentinel::codec::json::parse_rfc3339(s).unwrap(),
+                other => other.as_i64().unwrap(),
+            };
+            v["occurred_at"] = Value::from(t + k as i64 * 40 * 86_400_000);
+            out.push(v.to_string());
+        }
+    }
+    out
+}
+
+/// What `replay` gives for these lines under this config: alerts minus `detected_at`, sorted by id.
+pub fn replay(config: &Config, lines: &[String]) -> Vec<Value> {
+    let input = lines.join("\n");
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    cx_sentinel::replay::replay(
+        config.clone(),
+        input.as_bytes(),
+        Format::Json,
+        &mut out,
+        &mut problems,
+        &|| 0,
+    )
+    .unwrap();
+    let mut v: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    normalize(&mut v);
+    v
+}
+
+/// Drops `detected_at` and sorts by `alert_id` so runs compare.
+pub fn normalize(alerts: &mut [Value]) {
+    for a in alerts.iter_mut() {
+        a.as_object_mut().unwrap().remove("detected_at");
+    }
+    alerts.sort_by(|a, b| a["alert_id"].as_str().cmp(&b["alert_id"].as_str()));
+}
+
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "2")
+        .create()
+        .unwrap()
+}
+
+pub async fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    let p = producer(brokers);
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, payload) in records {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        loop {
+            match p.send_result(record) {
+                Ok(f) => break pending.push(f),
+                Err((_, r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    for f in pending {
+        f.await
+            .unwrap()
+            .map_err(|(e, _)| e)
+            .expect("producing a test record");
+    }
+}
+
+/// Reads `topic` from the beginning until `count` records arrived or `timeout` passed.
+pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if let Ok(Ok(m)) = tokio::time::timeout(left, c.recv()).await {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// Decodes alert records and normalizes them.
+pub fn alerts(format: Format, records: &[OwnedMessage]) -> Vec<Value> {
+    let mut v: Vec<Value> = records
+        .iter()
+        .map(|m| {
+            let a = cx_sentinel::demo::decode_alert(format, m.payload().unwrap()).unwrap();
+            serde_json::to_value(a).unwrap()
+        })
+        .collect();
+    normalize(&mut v);
+    v
+}
+
+/// The service running in-process.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), cx_sentinel::service::ServiceError>>,
+}
+
+pub async fn start(config: Config) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(cx_sentinel::service::run(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        move |a| {
+            let _ = addr_tx.send(a);
+        },
+    ));
+    let addr = addr_rx.await.expect("service bound its HTTP port");
+    Running {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Running {
+    /// Graceful stop; returns the service's result.
+    pub async fn stop(mut self) -> Result<(), cx_sentinel::service::ServiceError> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+
+    /// Waits until `/health/ready` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.get("/health/ready").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("service not ready within {timeout:?}");
+    }
+}
+
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// JSON lines keyed by their customer id.
+pub fn keyed(lines: &[String]) -> Vec<(String, Vec<u8>)> {
+    lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["customer_id"].as_str().unwrap().to_string(),
+                l.as_bytes().to_vec(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,307 @@
+//! Property tests of the pure core ([`Engine`] + [`Stream`]), the three promises of `STYLE.md`:
+//! duplicate delivery changes nothing, arrival order within the allowed lateness changes nothing,
+//! and per-customer state stays bounded however many touchpoints a customer has.
+//!
+//! Alerts are compared as JSON; `now` is fixed, so `detected_at` is too.
+
+use cx_sentinel::config::Config;
+use cx_sentinel::engine::{Effect, Engine, Stream};
+use cx_sentinel::model::{Channel, Direction, Millis, Outcome, Touchpoint, TouchpointKind};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIN: Millis = 60_000;
+const HOUR: Millis = 60 * MIN;
+const T0: Millis = 1_772_359_200_000;
+/// Processing time handed to the engine: fixed, so alerts compare equal byte for byte.
+const NOW: Millis = 1_900_000_000_000;
+
+const JOURNEYS: &[&str] = &["billing", "parcel-delivery", "cancellation", "lab-results"];
+/// Moments of truth (`payment.*`, `reservation.*`, ...) weigh 3, the rest 1.
+const TOUCHPOINTS: &[&str] = &[
+    "payment.transfer",
+    "payment.refund",
+    "reservation.booking",
+    "order.delivery.status",
+    "health.result.view",
+    "ivr.menu",
+    "web.page.view",
+    "marketing.email",
+];
+const TIERS: &[Option<&str>] = &[None, Some("standard"), Some("vip")];
+
+/// One generated touchpoint before it gets absolute times and an id.
+#[derive(Debug, Clone)]
+struct Spec {
+    customer: u8,
+    /// Since this customer's previous touchpoint.
+    gap: Millis,
+    journey: usize,
+    touchpoint: usize,
+    channel: Channel,
+    kind: TouchpointKind,
+    direction: Direction,
+    outcome: Outcome,
+    /// Hundredths.
+    sentiment: Option<i8>,
+    tier: usize,
+    /// Fraction of the allowed lateness (of 65 536) the record is delayed by.
+    jitter: u16,
+}
+
+fn spec(customers: u8, journeys: usize, min_gap: Millis) -> impl Strategy<Value = Spec> {
+    (
+        0..customers,
+        prop_oneof![4 => min_gap..30 * MIN, 1 => 30 * MIN..6 * HOUR],
+        0..journeys,
+        0..TOUCHPOINTS.len(),
+        prop::sample::select(Channel::ALL),
+        prop::bool::weighted(0.25),
+        prop::bool::weighted(0.2),
+        prop::sample::select(Outcome::ALL),
+        prop::option::of(-100i8..=100),
+        0..TIERS.len(),
+        any::<u16>(),
+    )
+        .prop_map(
+            |(
+                customer,
+                gap,
+                journey,
+                touchpoint,
+                channel,
+                engagement,
+                outbound,
+                outcome,
+                sentiment,
+                tier,
+                jitter,
+            )| {
+                Spec {
+                    customer,
+                    gap,
+                    journey,
+                    touchpoint,
+                    channel,
+                    kind: if engagement {
+                        TouchpointKind::Engagement
+                    } else {
+                        TouchpointKind::Interaction
+                    },
+                    direction: if outbound {
+                        Direction::Outbound
+                    } else {
+                        Direction::Inbound
+                    },
+                    outcome,
+                    sentiment,
+                    tier,
+                    jitter,
+                }
+            },
+        )
+}
+
+/// Event ids of all three stored forms: short (inline), UUID (16 bytes), long (hash + text).
+fn event_id(i: usize) -> String {
+    match i % 3 {
+        0 => format!("e{i}"),
+        1 => format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            0x5eed_0000 ^ i,
+            i & 0xffff,
+            (i * 7) & 0xfff,
+            (i * 13) & 0xfff,
+            i * 2_654_435_761
+        ),
+        _ => format!("event-{i:05}-via-the-long-id-path"),
+    }
+}
+
+fn journey_name(i: usize) -> String {
+    match JOURNEYS.get(i) {
+        Some(j) => (*j).to_string(),
+        None => format!("journey-{i}"),
+    }
+}
+
+/// Touchpoints with per-customer times (each customer's clock advances by its gaps), in event-time
+/// order, each paired with its jitter.
+fn build(specs: &[Spec]) -> Vec<(Touchpoint, u16)> {
+    let mut clocks = [T0; 256];
+    let mut events: Vec<(Touchpoint, u16)> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let c = usize::from(s.customer);
+            clocks[c] += s.gap;
+            let tp = Touchpoint {
+                event_id: event_id(i),
+                customer_id: format!("cust-{c}"),
+                occurred_at: clocks[c] + c as Millis * 7_000,
+                channel: s.channel,
+                kind: s.kind,
+                direction: s.direction,
+                journey: journey_name(s.journey),
+                touchpoint: TOUCHPOINTS[s.touchpoint].to_string(),
+                outcome: s.outcome,
+                sentiment: s.sentiment.map(|h| f64::from(h) / 100.0),
+                customer_tier: TIERS[s.tier].map(str::to_string),
+                agent_id: None,
+                attributes: BTreeMap::new(),
+            };
+            (tp, s.jitter)
+        })
+        .collect();
+    events.sort_by(|a, b| (a.0.occurred_at, &a.0.event_id).cmp(&(b.0.occurred_at, &b.0.event_id)));
+    events
+}
+
+fn config(lateness: Millis) -> Config {
+    let mut c = Config::default();
+    c.engine.allowed_lateness = Duration::from_millis(lateness as u64);
+    c
+}
+
+/// What one run produced.
+#[derive(Debug, Default)]
+struct Run {
+    /// Every alert as JSON, sorted (a multiset).
+    alerts: Vec<String>,
+    applied: usize,
+    duplicates: usize,
+    late: usize,
+}
+
+fn run(config: &Config, arrivals: impl IntoIterator<Item = Touchpoint>) -> Run {
+    let mut stream = Stream::new(Arc::new(Engine::new(config.clone())));
+    let mut out = Vec::new();
+    for (seq, ev) in arrivals.into_iter().enumerate() {
+        stream.push(ev, seq as u64, NOW, &mut out);
+    }
+    stream.flush(NOW, &mut out);
+    let mut r = Run::default();
+    for e in out {
+        match e {
+            Effect::Alert { alert, .. } => r.alerts.push(serde_json::to_string(&alert).expect("serializes")),
+            Effect::Applied { .. } => r.applied += 1,
+            Effect::Duplicate { .. } => r.duplicates += 1,
+            Effect::Late { .. } => r.late += 1,
+            Effect::Evicted => {}
+        }
+    }
+    r.alerts.sort();
+    r
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Re-delivering records shortly after their original (at-least-once redelivery) changes no
+    /// alert, and every copy is recognised as a duplicate. Per-customer gaps of at least 2 minutes
+    /// keep a customer to a handful of touchpoints within the lateness, well inside the ring.
+    #[test]
+    fn duplicate_delivery_changes_nothing(
+        specs in prop::collection::vec(spec(3, JOURNEYS.len(), 2 * MIN), 1..60),
+        redeliveries in prop::collection::vec((any::<prop::sample::Index>(), 0usize..=3), 0..20),
+    ) {
+        let events: Vec<Touchpoint> = build(&specs).into_iter().map(|(e, _)| e).collect();
+        // A copy of record i arrives right after record i + delay.
+        let mut arrivals: Vec<((usize, u8), Touchpoint)> =
+            events.iter().cloned().enumerate().map(|(i, e)| ((i, 0), e)).collect();
+        for (index, delay) in &redeliveries {
+            let i = index.index(events.len());
+            arrivals.push(((i + delay, 1), events[i].clone()));
+        }
+        arrivals.sort_by_key(|(k, _)| *k);
+
+        let config = Config::default();
+        let once = run(&config, events.iter().cloned());
+        let twice = run(&config, arrivals.into_iter().map(|(_, e)| e));
+        prop_assert_eq!(once.applied, events.len());
+        prop_assert_eq!(once.duplicates, 0);
+        prop_assert_eq!(twice.applied, events.len());
+        prop_assert_eq!(twice.duplicates, redeliveries.len(), "every copy is a duplicate");
+        prop_assert_eq!(twice.late, 0);
+        prop_assert_eq!(once.alerts, twice.alerts);
+    }
+
+    /// Any arrival order in which no record is delayed by the allowed lateness or more gives the
+    /// same alerts as event-time order, and no record is reported late.
+    #[test]
+    fn order_within_lateness_changes_nothing(
+        specs in prop::collection::vec(spec(3, JOURNEYS.len(), 2 * MIN), 1..60),
+        lateness in prop_oneof![Just(MIN), Just(10 * MIN), Just(HOUR)],
+    ) {
+        let events = build(&specs);
+        let config = config(lateness);
+        let sorted = run(&config, events.iter().map(|(e, _)| e.clone()));
+
+        // Arrival order: by event time plus a jitter in [0, lateness).
+        let mut shuffled: Vec<(Millis, usize, Touchpoint)> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (e, jitter))| (e.occurred_at + lateness * Millis::from(jitter) / 65_536, i, e))
+            .collect();
+        shuffled.sort_by_key(|(arrives, i, _)| (*arrives, *i));
+        let n = shuffled.len();
+        let jittered = run(&config, shuffled.into_iter().map(|(_, _, e)| e));
+
+        prop_assert_eq!(jittered.late, 0, "nothing within the lateness is late");
+        prop_assert_eq!(jittered.duplicates, 0);
+        prop_assert_eq!(sorted.applied, n);
+        prop_assert_eq!(jittered.applied, n);
+        prop_assert_eq!(sorted.alerts, jittered.alerts);
+    }
+}
+
+/// Per-customer state never exceeds this, whatever the history (default-sized ring of 10, up to
+/// 6 journeys and 6 open cases, long event ids). The measured typical figure is in `tests/memory.rs`.
+const MAX_STATE_BYTES_PER_CUSTOMER: usize = 2_048;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// However many touchpoints, journeys and failures a customer has, the engine keeps at most
+    /// `recent_touchpoints` of them and `max_open_cases` open cases, in bounded bytes.
+    #[test]
+    fn state_stays_bounded(
+        specs in prop::collection::vec(spec(2, 12, MIN), 150..400),
+        recent in 1usize..=10,
+        max_open_cases in 1usize..=6,
+        max_journeys in 1usize..=6,
+    ) {
+        let mut config = config(0);
+        config.engine.recent_touchpoints = recent;
+        config.engine.max_open_cases = max_open_cases;
+        config.engine.max_journeys = max_journeys;
+        let engine = Arc::new(Engine::new(config));
+        let mut stream = Stream::new(engine.clone());
+        let mut out = Vec::new();
+        let events = build(&specs);
+        for (seq, (ev, _)) in events.into_iter().enumerate() {
+            let customer = ev.customer_id.clone();
+            stream.push(ev, seq as u64, NOW, &mut out);
+            out.clear();
+            if seq % 20 != 0 {
+                continue;
+            }
+            let view = engine.customer(&customer).expect("a customer who just had a touchpoint is held");
+            prop_assert!(view.recent_touchpoints.len() <= recent, "{} recent", view.recent_touchpoints.len());
+            prop_assert!(view.open_cases.len() <= max_open_cases, "{} open cases", view.open_cases.len());
+            let per_customer = engine.state_bytes() / engine.customer_count();
+            prop_assert!(per_customer <= MAX_STATE_BYTES_PER_CUSTOMER, "{per_customer} bytes per customer");
+        }
+        stream.flush(NOW, &mut out);
+        for c in 0..2 {
+            if let Some(view) = engine.customer(&format!("cust-{c}")) {
+                prop_assert!(view.recent_touchpoints.len() <= recent);
+                prop_assert!(view.open_cases.len() <= max_open_cases);
+            }
+        }
+        let per_customer = engine.state_bytes() / engine.customer_count().max(1);
+        prop_assert!(per_customer <= MAX_STATE_BYTES_PER_CUSTOMER, "{per_customer} bytes per customer");
+    }
+}

@@ -1,0 +1,285 @@
+//! The service against a real Kafka-protocol broker: end-to-end per format, dead letters,
+//! graceful shutdown, metrics and the HTTP endpoints. Random topic and group names per test.
+
+mod common;
+
+use common::*;
+use cx_sentinel::codec::{Format, avro};
+use cx_sentinel::model::Touchpoint;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn encode_lines(lines: &[String], format: Format) -> Vec<(String, Vec<u8>)> {
+    keyed(lines)
+        .into_iter()
+        .map(|(key, json)| {
+            let tp = cx_sentinel::codec::json::decode_touchpoint(&json, &|_| false).unwrap();
+            let payload = match format {
+                Format::Json => json,
+                Format::Avro => avro::encode_touchpoint(&tp),
+                Format::ConfluentAvro => {
+                    let mut b = Vec::new();
+                    avro::confluent_frame(1, &avro::encode_touchpoint(&tp), &mut b);
+                    b
+                }
+            };
+            (key, payload)
+        })
+        .collect()
+}
+
+/// All golden scenarios through the live service on one partition give exactly what replay gives.
+async fn end_to_end(input: Format, output: Format) {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let config = config(&brokers, &t, input, output);
+    let lines = scenario_lines();
+    let expected = replay(&config, &lines);
+    assert!(
+        expected.len() >= 8,
+        "scenarios should produce alerts: {expected:?}"
+    );
+    let svc = start(config).await;
+    produce(&brokers, &t.input, &encode_lines(&lines, input)).await;
+    let got = alerts(output, &consume(&brokers, &t.alerts, expected.len(), WAIT).await);
+    assert_eq!(got, expected);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_json_matches_replay() {
+    end_to_end(Format::Json, Format::Json).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_avro_matches_replay() {
+    end_to_end(Format::Avro, Format::Avro).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_confluent_avro_matches_replay() {
+    end_to_end(Format::ConfluentAvro, Format::ConfluentAvro).await;
+}
+
+fn tp_line(id: &str, customer: &str, minute: i64, touchpoint: &str, outcome: &str) -> String {
+    let tp = Touchpoint {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        occurred_at: 1_772_359_200_000 + minute * 60_000,
+        channel: cx_sentinel::model::Channel::Chat,
+        kind: cx_sentinel::model::TouchpointKind::Interaction,
+        direction: cx_sentinel::model::Direction::Inbound,
+        journey: "billing".into(),
+        touchpoint: touchpoint.into(),
+        outcome: cx_sentinel::model::Outcome::parse(outcome).unwrap(),
+        sentiment: None,
+        customer_tier: None,
+        agent_id: None,
+        attributes: Default::default(),
+    };
+    serde_json::to_string(&tp).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_pill_is_dead_lettered_and_the_partition_moves_on() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let mut config = config(&brokers, &t, Format::Json, Format::Json);
+    config.engine.allowed_lateness = Duration::from_secs(600);
+    let svc = start(config).await;
+    let mut records = keyed(&[tp_line("a", "c1", 0, "payment.transfer", "FAILURE")]);
+    records.push(("c2".into(), b"{\"event_id\": \"torn".to_vec()));
+    records.extend(keyed(&[
+        tp_line("b", "c3", 1, "faq.view", "SUCCESS"),
+        // 20 minutes behind the newest event: beyond the 10 minute lateness.
+        tp_line("late", "c4", -30, "payment.transfer", "FAILURE"),
+        tp_line("c", "c5", 15, "account.unlock", "FAILURE"),
+        tp_line("d", "c6", 40, "faq.view", "SUCCESS"),
+    ]));
+    produce(&brokers, &t.input, &records).await;
+
+    let dlq = consume(&brokers, &t.dlq, 2, WAIT).await;
+    assert_eq!(dlq.len(), 2);
+    let header = |m: &rdkafka::message::OwnedMessage, key: &str| -> String {
+        let h = m.headers().expect("dead letters carry headers");
+        let found = h
+            .iter()
+            .find(|h| h.key == key)
+            .unwrap_or_else(|| panic!("header {key}"));
+        String::from_utf8(found.value.unwrap().to_vec()).unwrap()
+    };
+    assert_eq!(
+        dlq[0].payload().unwrap(),
+        b"{\"event_id\": \"torn",
+        "payload unchanged"
+    );
+    assert_eq!(dlq[0].key().unwrap(), b"c2");
+    assert_eq!(header(&dlq[0], "cx.error.class"), "json");
+    assert!(header(&dlq[0], "cx.error").starts_with("invalid JSON"));
+    assert_eq!(header(&dlq[0], "cx.source.topic"), t.input);
+    assert_eq!(header(&dlq[0], "cx.source.partition"), "0");
+    assert_eq!(header(&dlq[0], "cx.source.offset"), "1");
+    assert_eq!(header(&dlq[1], "cx.error.class"), "late");
+    assert_eq!(header(&dlq[1], "cx.source.offset"), "3");
+
+    // Records after the poison pill were processed: c5's failure pages once the watermark passes it.
+    let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 2, WAIT).await);
+    let customers: Vec<&str> = got.iter().map(|a| a["customer_id"].as_str().unwrap()).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        customers.contains(&"c1") && customers.contains(&"c5"),
+        "{customers:?}"
+    );
+
+    let (_, metrics) = svc.get("/metrics").await;
+    assert!(
+        metrics.contains("cx_sentinel_dead_letters_total{reason=\"json\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cx_sentinel_dead_letters_total{reason=\"late\"} 1"),
+        "{metrics}"
+    );
+    svc.stop().await.unwrap();
+}
+
+async fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    match got.elements()[0].offset() {
+        Offset::Offset(o) => o,
+        other => panic!("no committed offset: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_commits_offsets_so_a_restart_reprocesses_nothing() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let config = config(&brokers, &t, Format::Json, Format::Json);
+    let lines: Vec<String> = (0..50)
+        .map(|i| {
+            tp_line(
+                &format!("e{i}"),
+                &format!("c{i}"),
+                i,
+                "payment.transfer",
+                "FAILURE",
+            )
+        })
+        .collect();
+    produce(&brokers, &t.input, &keyed(&lines)).await;
+    let svc = start(config.clone()).await;
+    let got = consume(&brokers, &t.alerts, 50, WAIT).await;
+    assert_eq!(got.len(), 50);
+    svc.stop().await.unwrap();
+    assert_eq!(committed(&brokers, &t.group, &t.input).await, 50);
+
+    let svc = start(config).await;
+    svc.wait_ready(WAIT).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, metrics) = svc.get("/metrics").await;
+    assert!(
+        metrics.contains("cx_sentinel_assigned_partitions 1"),
+        "restart did not take the partition: {metrics}"
+    );
+    assert!(
+        metrics.contains("cx_sentinel_records_consumed_total{partition=\"0\"} 0"),
+        "restart re-processed records: {metrics}"
+    );
+    svc.stop().await.unwrap();
+    assert_eq!(
+        alerts(
+            Format::Json,
+            &consume(&brokers, &t.alerts, 51, Duration::from_secs(3)).await
+        )
+        .len(),
+        50
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_customer_endpoints() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 2).await;
+    let config = config(&brokers, &t, Format::Json, Format::Json);
+    let svc = start(config).await;
+    assert_eq!(svc.get("/health/live").await.0, 200);
+    svc.wait_ready(WAIT).await;
+    let mut lines = scenario_lines();
+    lines.push(
+        serde_json::json!({
+            "event_id": "last", "customer_id": "cust-vip-99", "occurred_at": 1_800_000_000_000i64,
+            "channel": "CHAT", "kind": "INTERACTION", "direction": "INBOUND", "journey": "payment",
+            "touchpoint": "payment.transfer", "outcome": "FAILURE", "customer_tier": "vip",
+            "attributes": {"card_number": "4111111111111111", "order": "7"}
+        })
+        .to_string(),
+    );
+    produce(&brokers, &t.input, &keyed(&lines)).await;
+    let n = consume(&brokers, &t.alerts, 8, WAIT).await.len();
+    assert!(n >= 8);
+    // Wait for the acknowledgements to be counted.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = svc.get("/metrics").await.1;
+        if text.contains("cx_sentinel_alerts_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid text format");
+    let sum = |name: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(sum("cx_sentinel_records_consumed_total"), lines.len() as f64);
+    assert!(sum("cx_sentinel_alerts_total") >= 8.0);
+    assert_eq!(sum("cx_sentinel_assigned_partitions"), 2.0);
+    assert!(text.contains("cx_sentinel_end_to_end_latency_seconds_bucket"));
+    assert!(text.contains("cx_sentinel_processing_duration_seconds_count"));
+
+    let (status, body) = svc.get("/customers/cust-vip-99").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["customer_tier"], "vip");
+    assert_eq!(v["open_cases"][0]["rule"], "critical_negative");
+    assert!(!body.contains("4111111111111111"));
+    assert_eq!(svc.get("/customers/nobody").await.0, 404);
+    svc.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topic_is_a_clear_startup_error() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let mut config = config(&brokers, &t, Format::Json, Format::Json);
+    config.kafka.alert_topic = unique("never-created");
+    let svc = start(config.clone()).await;
+    let err = svc.stop().await.unwrap_err().to_string();
+    assert!(
+        err.contains("kafka.alert_topic") && err.contains(&config.kafka.alert_topic),
+        "{err}"
+    );
+    assert!(err.contains("does not exist"), "{err}");
+}
