@@ -58,7 +58,7 @@ fn engine(c: &mut Criterion) {
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(12));
+        .measurement_time(Duration::from_secs(30));
     for (name, lateness) in [("lateness_0", 0), ("lateness_10m", 600)] {
         let mut config = Config::default();
         config.engine.allowed_lateness = Duration::from_secs(lateness);
@@ -99,7 +99,7 @@ fn decode(c: &mut Criterion) {
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
+        .measurement_time(Duration::from_secs(8));
     group.bench_function("avro_100k", |b| {
         b.iter(|| {
             for datum in &avro_datums {
