@@ -523,6 +523,16 @@ impl Config {
         if r.high_effort.min_contacts < 2 {
             return Err(bad("rules.high_effort.min_contacts", "must be at least 2".into()));
         }
+        let month = Duration::from_secs(30 * 86_400);
+        if r.high_effort.window > month {
+            return Err(bad("rules.high_effort.window", "must be at most 30 days".into()));
+        }
+        if r.channel_hopping.window > month {
+            return Err(bad(
+                "rules.channel_hopping.window",
+                "must be at most 30 days".into(),
+            ));
+        }
         if r.high_effort.window.is_zero() {
             return Err(bad("rules.high_effort.window", "must be longer than zero".into()));
         }

@@ -160,7 +160,7 @@ fn drain(
                 )
                 .map_err(ReplayError::Write)?;
             }
-            Effect::Evicted => {}
+            Effect::Evicted { .. } => {}
         }
     }
     Ok(())

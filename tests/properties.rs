@@ -189,7 +189,7 @@ fn run(config: &Config, arrivals: impl IntoIterator<Item = Touchpoint>) -> Run {
             Effect::Applied { .. } => r.applied += 1,
             Effect::Duplicate { .. } => r.duplicates += 1,
             Effect::Late { .. } => r.late += 1,
-            Effect::Evicted => {}
+            Effect::Evicted { .. } => {}
         }
     }
     r.alerts.sort();

@@ -19,7 +19,7 @@ pub struct Interner<T: Copy> {
 }
 
 struct Inner<T> {
-    ids: HashMap<Arc<str>, u32>,
+    ids: HashMap<Arc<str>, u32, ahash::RandomState>,
     entries: Vec<(Arc<str>, T)>,
 }
 
@@ -28,7 +28,7 @@ impl<T: Copy> Interner<T> {
         let name: Arc<str> = Arc::from(OVERFLOW_NAME);
         Self {
             inner: RwLock::new(Inner {
-                ids: HashMap::new(),
+                ids: HashMap::default(),
                 entries: vec![(name, overflow_value)],
             }),
             cap: cap.max(1),

@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 /// Distinct touchpoint types and tiers remembered before new ones read back as "(other)".
-const VOCABULARY_CAP: usize = 65_536;
+const VOCABULARY_CAP: usize = 65_000;
+/// Event time between sweeps for idle customers.
+const SWEEP_EVERY_MS: Millis = 3_600_000;
 
 /// What processing a touchpoint (or the passing of event time) caused.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,14 +46,14 @@ pub enum Effect {
         event: Box<Touchpoint>,
         behind_ms: Millis,
     },
-    /// A customer idle past the TTL was dropped from state.
-    Evicted,
+    /// Customers idle past the TTL were dropped from state.
+    Evicted { customers: u64 },
 }
 
 /// Shared engine: compiled rules plus the customer map.
 pub struct Engine {
     rules: Rules,
-    customers: DashMap<Arc<str>, Box<CustomerState>>,
+    customers: DashMap<Arc<str>, Box<CustomerState>, ahash::RandomState>,
     touchpoint_types: Interner<Stake>,
     tiers: Interner<f64>,
 }
@@ -118,7 +120,7 @@ impl Engine {
         };
         Self {
             rules,
-            customers: DashMap::new(),
+            customers: DashMap::with_hasher(ahash::RandomState::new()),
             touchpoint_types: Interner::new(VOCABULARY_CAP, overflow_stake),
             tiers: Interner::new(VOCABULARY_CAP, 1.0),
         }
@@ -154,11 +156,11 @@ impl Engine {
     pub fn customer(&self, customer_id: &str) -> Option<CustomerView> {
         let guard = self.customers.get(customer_id)?;
         let s = &**guard;
-        let as_of = s.last_event().unwrap_or(s.score_at);
+        let as_of = s.last_event().unwrap_or(s.score_at());
         Some(CustomerView {
             customer_id: customer_id.to_string(),
             customer_tier: (s.tier != NO_TIER).then(|| self.tiers.name(s.tier).to_string()),
-            experience_score: round_to(self.rules.decay(s.score, s.score_at, as_of), 4),
+            experience_score: round_to(self.rules.decay(s.score, s.score_at(), as_of), 4),
             score_as_of: as_of,
             recent_touchpoints: self.recent(s),
             open_cases: s
@@ -182,9 +184,9 @@ impl Engine {
         s.recent()
             .map(|r| RecentTouchpoint {
                 event_id: s.event_id(r),
-                occurred_at: r.occurred_at,
+                occurred_at: r.occurred_at(),
                 channel: r.channel(),
-                touchpoint: self.touchpoint_types.name(r.touchpoint).to_string(),
+                touchpoint: self.touchpoint_types.name(u32::from(r.touchpoint)).to_string(),
                 outcome: r.outcome(),
                 sentiment: r.sentiment(),
             })
@@ -207,7 +209,7 @@ impl Engine {
         spec: AlertSpec<'_>,
         now: Millis,
     ) -> Box<RecoveryAlert> {
-        let score = self.rules.decay(s.score, s.score_at, spec.event_time);
+        let score = self.rules.decay(s.score, s.score_at(), spec.event_time);
         let priority = ((spec.severity.index() + 1) * 10) as f64
             + f64::from(case.weight)
             + (-score).clamp(0.0, 50.0) / 10.0;
@@ -325,7 +327,8 @@ impl Engine {
     /// Earliest event time at which this customer has a timer to fire.
     fn next_deadline(&self, s: &CustomerState) -> Millis {
         let r = &self.rules;
-        let mut d = s.last_event().map_or(Millis::MAX, |l| l.saturating_add(r.ttl_ms));
+        // Idle eviction needs no timer: `Stream` sweeps, and `apply` resets a stale state itself.
+        let mut d = Millis::MAX;
         for c in s.cases() {
             if !c.escalated {
                 d = d.min(c.opened_at.saturating_add(r.sla_ms));
@@ -333,6 +336,19 @@ impl Engine {
             d = d.min(c.last_touch.saturating_add(r.case_expiry_ms));
         }
         d
+    }
+
+    /// Drops customers with no open case idle past the TTL at `watermark`; returns how many.
+    fn sweep(&self, watermark: Millis) -> u64 {
+        let ttl = self.rules.ttl_ms;
+        let mut evicted = 0;
+        self.customers.retain(|_, s| {
+            let idle =
+                s.cases().is_empty() && s.last_event().is_some_and(|l| l.saturating_add(ttl) <= watermark);
+            evicted += u64::from(idle);
+            !idle
+        });
+        evicted
     }
 
     /// Whether this event id was already applied for its customer.
@@ -365,15 +381,15 @@ impl Engine {
             None => self
                 .customers
                 .entry(Arc::from(ev.customer_id.as_str()))
-                .or_insert_with(|| Box::new(CustomerState::new(r.config.engine.recent_touchpoints, t))),
+                .or_insert_with(|| Box::new(CustomerState::new(r.config.engine.recent_touchpoints))),
         };
         let s: &mut CustomerState = &mut guard;
 
         if self.fire_due(&ev.customer_id, s, t, now, out) {
             let queued = s.queued_deadline;
-            *s = CustomerState::new(r.config.engine.recent_touchpoints, t);
+            *s = CustomerState::new(r.config.engine.recent_touchpoints);
             s.queued_deadline = queued;
-            out.push(Effect::Evicted);
+            out.push(Effect::Evicted { customers: 1 });
         }
         let id = CompactId::new(&ev.event_id);
         if s.has_seen(&id, &ev.event_id) {
@@ -389,8 +405,7 @@ impl Engine {
         let stake = r.stake(type_stake, ev.kind);
 
         // Score: decay to now, then add this touchpoint's contribution.
-        s.score = r.decay(s.score, s.score_at, t);
-        s.score_at = s.score_at.max(t);
+        s.score = r.decay(s.score, s.score_at(), t);
         match polarity {
             Polarity::Negative => s.score -= stake.weight * tier_mult,
             Polarity::Positive => s.score += stake.weight * tier_mult,
@@ -399,21 +414,21 @@ impl Engine {
 
         // Episode on this journey.
         let journey_hash = fnv64(&[ev.journey.as_bytes()]);
-        let episode = self.episode(s, journey_hash, t);
+        let episode = self.episode(s, journey_hash as u32, t);
         if ev.direction == Direction::Inbound {
             if ev.kind == TouchpointKind::Interaction {
                 episode.contacts = episode.contacts.saturating_add(1);
             }
             episode.channels |= 1 << ev.channel.index();
         }
-        episode.last = t;
+        episode.span = u32::try_from(t - episode.first).unwrap_or(u32::MAX);
         let ep = *episode;
 
         s.remember(
             Recent::new(
                 id,
                 t,
-                tp_id,
+                u16::try_from(tp_id).unwrap_or(0),
                 ev.channel,
                 ev.kind,
                 ev.direction,
@@ -427,7 +442,7 @@ impl Engine {
         match (polarity, case_at) {
             (Polarity::Positive, Some(i)) if s.cases()[i].opened_at <= t => {
                 let case = s.extra_mut().cases.remove(i);
-                self.reset_episode(s, journey_hash, t);
+                self.reset_episode(s, journey_hash as u32, t);
                 let took = t - case.opened_at;
                 let reason = format!(
                     "Recovered: {} ended {} on {} after {}; no further action needed.",
@@ -458,7 +473,7 @@ impl Engine {
                     seq: Some(seq),
                 });
             }
-            (Polarity::Positive, _) => self.reset_episode(s, journey_hash, t),
+            (Polarity::Positive, _) => self.reset_episode(s, journey_hash as u32, t),
             (Polarity::Negative, Some(i)) => {
                 let case = &mut s.extra_mut().cases[i];
                 case.last_touch = case.last_touch.max(t);
@@ -701,14 +716,14 @@ impl Engine {
 
     /// The episode for `journey` at `t`, starting a fresh one when none is open or the open one is
     /// older than the rules' window.
-    fn episode<'s>(&self, s: &'s mut CustomerState, journey: u64, t: Millis) -> &'s mut Episode {
+    fn episode<'s>(&self, s: &'s mut CustomerState, journey: u32, t: Millis) -> &'s mut Episode {
         let window = self.rules.episode_window_ms;
         s.episodes
-            .retain(|e| e.journey == journey || t - e.last <= window);
+            .retain(|e| e.journey == journey || t - e.last() <= window);
         let fresh = Episode {
             journey,
             first: t,
-            last: t,
+            span: 0,
             contacts: 0,
             channels: 0,
         };
@@ -722,10 +737,12 @@ impl Engine {
             None => {
                 if s.episodes.len() >= self.rules.config.engine.max_journeys {
                     let stalest = (0..s.episodes.len())
-                        .min_by_key(|&i| s.episodes[i].last)
+                        .min_by_key(|&i| s.episodes[i].last())
                         .unwrap_or(0);
                     s.episodes.swap_remove(stalest);
                 }
+                // Exact capacity: most customers are on one journey at a time.
+                s.episodes.reserve_exact(1);
                 s.episodes.push(fresh);
                 s.episodes.len() - 1
             }
@@ -733,12 +750,12 @@ impl Engine {
         &mut s.episodes[at]
     }
 
-    fn reset_episode(&self, s: &mut CustomerState, journey: u64, t: Millis) {
+    fn reset_episode(&self, s: &mut CustomerState, journey: u32, t: Millis) {
         if let Some(e) = s.episodes.iter_mut().find(|e| e.journey == journey) {
             *e = Episode {
                 journey,
                 first: t,
-                last: t,
+                span: 0,
                 contacts: 0,
                 channels: 0,
             };
@@ -783,6 +800,8 @@ impl Ord for Pending {
 pub struct Stream {
     engine: Arc<Engine>,
     max_seen: Millis,
+    /// Watermark at the last idle sweep.
+    swept_at: Millis,
     buffer: BinaryHeap<Reverse<Pending>>,
     timers: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
 }
@@ -792,6 +811,7 @@ impl Stream {
         Self {
             engine,
             max_seen: Millis::MIN,
+            swept_at: Millis::MIN,
             buffer: BinaryHeap::new(),
             timers: BinaryHeap::new(),
         }
@@ -833,8 +853,21 @@ impl Stream {
             return;
         }
         self.max_seen = self.max_seen.max(ev.occurred_at);
+        let watermark = self.watermark();
+        if self.buffer.is_empty() && ev.occurred_at <= watermark {
+            // Nothing waits ahead of it: skip the buffer (the common case with no lateness).
+            if let Some(timer) = self.engine.apply(ev, seq, now, out) {
+                self.timers.push(Reverse((timer.1, timer.0)));
+            }
+            self.fire_timers(watermark, now, out);
+            return;
+        }
         self.buffer.push(Reverse(Pending { ev, seq }));
-        self.release(self.watermark(), now, out);
+        self.release(watermark, now, out);
+        if self.buffer.is_empty() && self.buffer.capacity() > 65_536 {
+            // Give back what a burst of out-of-order traffic took.
+            self.buffer.shrink_to(1024);
+        }
     }
 
     /// End of input (replay): applies everything still buffered and fires timers due by the
@@ -856,6 +889,15 @@ impl Stream {
     }
 
     fn fire_timers(&mut self, upto: Millis, now: Millis, out: &mut Vec<Effect>) {
+        if upto.saturating_sub(self.swept_at) >= SWEEP_EVERY_MS {
+            if self.swept_at != Millis::MIN {
+                let customers = self.engine.sweep(upto);
+                if customers > 0 {
+                    out.push(Effect::Evicted { customers });
+                }
+            }
+            self.swept_at = upto;
+        }
         let engine = &*self.engine;
         while self.timers.peek().is_some_and(|t| t.0.0 <= upto) {
             let Some(Reverse((deadline, key))) = self.timers.pop() else {
@@ -881,7 +923,7 @@ impl Stream {
             };
             if evict {
                 engine.customers.remove(&*key);
-                out.push(Effect::Evicted);
+                out.push(Effect::Evicted { customers: 1 });
             }
         }
     }

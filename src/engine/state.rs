@@ -77,16 +77,21 @@ fn parse_uuid(b: &[u8]) -> Option<[u8; 16]> {
     if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
     let mut out = [0u8; 16];
-    let mut nibbles = b.iter().filter(|&&c| c != b'-').map(|&c| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    });
+    let mut i = 0;
     for byte in out.iter_mut() {
-        let hi = nibbles.next()??;
-        let lo = nibbles.next()??;
-        *byte = hi << 4 | lo;
+        if matches!(i, 8 | 13 | 18 | 23) {
+            i += 1;
+        }
+        *byte = nibble(b[i])? << 4 | nibble(b[i + 1])?;
+        i += 2;
     }
     Some(out)
 }
@@ -104,13 +109,14 @@ fn format_uuid(bytes: &[u8; 16]) -> String {
     s
 }
 
-/// One remembered touchpoint: 32 bytes.
+/// One remembered touchpoint: 28 bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct Recent {
-    pub occurred_at: Millis,
     id: [u8; 16],
+    /// Event time in 48 bits (validation caps event time at year 9999, well inside 2^48 ms).
+    time: [u8; 6],
     /// Interned touchpoint type.
-    pub touchpoint: u32,
+    pub touchpoint: u16,
     /// Sentiment in thousandths; `i16::MIN` = none.
     sentiment: i16,
     /// channel (4 bits) | kind (1) | direction (1) | id form (2)
@@ -126,7 +132,7 @@ impl Recent {
     pub fn new(
         id: CompactId,
         occurred_at: Millis,
-        touchpoint: u32,
+        touchpoint: u16,
         channel: Channel,
         kind: TouchpointKind,
         direction: Direction,
@@ -136,8 +142,9 @@ impl Recent {
         let sentiment = sentiment
             .map(|s| (s.clamp(-1.0, 1.0) * 1000.0).round() as i16)
             .unwrap_or(NO_SENTIMENT);
+        let t = occurred_at.clamp(0, (1 << 48) - 1).to_le_bytes();
         Self {
-            occurred_at,
+            time: [t[0], t[1], t[2], t[3], t[4], t[5]],
             id: id.bytes,
             touchpoint,
             sentiment,
@@ -147,6 +154,11 @@ impl Recent {
                 | (id.form as u8) << 6,
             b: outcome.index() as u8 | id.len << 3,
         }
+    }
+
+    pub fn occurred_at(&self) -> Millis {
+        let t = self.time;
+        i64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], 0, 0])
     }
 
     pub fn channel(&self) -> Channel {
@@ -181,13 +193,21 @@ impl Recent {
 /// What a customer is doing on one journey since its episode began.
 #[derive(Debug, Clone, Copy)]
 pub struct Episode {
-    pub journey: u64,
+    /// Hash of the journey name (32 bits: a customer has a handful of journeys at once).
+    pub journey: u32,
     pub first: Millis,
-    pub last: Millis,
+    /// Milliseconds from `first` to the latest touch (windows are at most 30 days).
+    pub span: u32,
     /// INBOUND INTERACTIONs since the episode began or since the last SUCCESS.
     pub contacts: u16,
     /// Bit per [`Channel`] touched INBOUND.
     pub channels: u16,
+}
+
+impl Episode {
+    pub fn last(&self) -> Millis {
+        self.first + Millis::from(self.span)
+    }
 }
 
 /// Which rule opened or moved a case.
@@ -255,14 +275,14 @@ pub struct Extra {
 #[derive(Debug, Clone)]
 pub struct CustomerState {
     /// Ring of recent touchpoints; `head` is the oldest once full.
-    ring: Box<[Recent]>,
+    ring: [Recent; MAX_RING],
+    ring_cap: u8,
     ring_len: u8,
     ring_head: u8,
     /// Interned tier; `u32::MAX` = unknown.
     pub tier: u32,
-    /// Time-decayed experience score, as of `score_at`.
+    /// Time-decayed experience score, as of the newest touchpoint's event time.
     pub score: f64,
-    pub score_at: Millis,
     /// Earliest deadline this customer has in its stream's timer queue (`i64::MAX` = none).
     pub queued_deadline: Millis,
     pub episodes: Vec<Episode>,
@@ -271,8 +291,11 @@ pub struct CustomerState {
 
 pub const NO_TIER: u32 = u32::MAX;
 
+/// Most touchpoints a customer's ring holds (and an alert carries); stored inline.
+pub const MAX_RING: usize = 10;
+
 impl CustomerState {
-    pub fn new(ring: usize, at: Millis) -> Self {
+    pub fn new(ring: usize) -> Self {
         let blank = Recent::new(
             CompactId::new(""),
             0,
@@ -284,12 +307,12 @@ impl CustomerState {
             None,
         );
         Self {
-            ring: vec![blank; ring.max(1)].into_boxed_slice(),
+            ring: [blank; MAX_RING],
+            ring_cap: ring.clamp(1, MAX_RING) as u8,
             ring_len: 0,
             ring_head: 0,
             tier: NO_TIER,
             score: 0.0,
-            score_at: at,
             queued_deadline: Millis::MAX,
             episodes: Vec::new(),
             extra: None,
@@ -298,14 +321,19 @@ impl CustomerState {
 
     /// Recent touchpoints, oldest first.
     pub fn recent(&self) -> impl DoubleEndedIterator<Item = &Recent> + ExactSizeIterator {
-        let cap = self.ring.len();
+        let cap = self.ring_cap as usize;
         let head = self.ring_head as usize;
         (0..self.ring_len as usize).map(move |i| &self.ring[(head + i) % cap])
     }
 
+    /// The event time the score is as of: the newest touchpoint's (touchpoints apply in order).
+    pub fn score_at(&self) -> Millis {
+        self.last_event().unwrap_or(Millis::MIN)
+    }
+
     /// Event time of the newest touchpoint, if any.
     pub fn last_event(&self) -> Option<Millis> {
-        self.recent().next_back().map(|r| r.occurred_at)
+        self.recent().next_back().map(|r| r.occurred_at())
     }
 
     /// Whether `id` is among the remembered touchpoints (the de-duplication window).
@@ -327,7 +355,7 @@ impl CustomerState {
 
     /// Appends a touchpoint, forgetting the oldest when the ring is full.
     pub fn remember(&mut self, entry: Recent, id_text: &str) {
-        let cap = self.ring.len();
+        let cap = self.ring_cap as usize;
         if (self.ring_len as usize) < cap {
             let at = (self.ring_head as usize + self.ring_len as usize) % cap;
             self.ring[at] = entry;
@@ -386,9 +414,7 @@ impl CustomerState {
 
     /// Bytes this state owns on the heap and inline (not counting the map slot or the key).
     pub fn footprint(&self) -> usize {
-        let mut n = std::mem::size_of::<Self>()
-            + self.ring.len() * std::mem::size_of::<Recent>()
-            + self.episodes.capacity() * std::mem::size_of::<Episode>();
+        let mut n = std::mem::size_of::<Self>() + self.episodes.capacity() * std::mem::size_of::<Episode>();
         if let Some(e) = &self.extra {
             n += std::mem::size_of::<Extra>()
                 + e.cases.capacity() * std::mem::size_of::<Case>()
@@ -421,8 +447,9 @@ mod tests {
     }
 
     #[test]
-    fn recent_entry_is_32_bytes_and_round_trips() {
-        assert_eq!(std::mem::size_of::<Recent>(), 32);
+    fn recent_entry_is_28_bytes_and_round_trips() {
+        assert_eq!(std::mem::size_of::<Recent>(), 28);
+        assert_eq!(entry("x", 253_402_300_799_999).occurred_at(), 253_402_300_799_999);
         let r = entry("x", 5);
         assert_eq!(r.channel(), Channel::Sms);
         assert_eq!(r.kind(), TouchpointKind::Engagement);
@@ -433,7 +460,7 @@ mod tests {
 
     #[test]
     fn event_ids_of_every_form_read_back() {
-        let mut s = CustomerState::new(3, 0);
+        let mut s = CustomerState::new(3);
         let ids = [
             "short-id",
             "0123456789abcdef",

@@ -224,7 +224,7 @@ fn case_expires_after_thirty_idle_days_and_customer_is_evicted() {
     assert_eq!(a.last().unwrap().status, AlertStatus::Expired);
     assert_eq!(a.last().unwrap().event_time, T0 + HOUR + 30 * DAY);
     assert!(engine.customer("c").is_none(), "idle customer evicted");
-    assert!(fx.iter().any(|e| matches!(e, Effect::Evicted)));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Evicted { .. })));
     assert_eq!(engine.customer_count(), 1);
 }
 

@@ -313,7 +313,7 @@ impl Pipeline {
                 self.dead_letter(msg, "late", &why).await;
                 self.finish(partition, seq as i64);
             }
-            Effect::Evicted => self.shared.metrics.evictions.inc(),
+            Effect::Evicted { customers } => self.shared.metrics.evictions.inc_by(customers),
         }
     }
 
