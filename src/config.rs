@@ -46,6 +46,26 @@ pub struct Config {
     pub http: HttpConfig,
     pub service: ServiceConfig,
     pub log: LogConfig,
+    pub state: StateConfig,
+}
+
+/// Durable per-customer state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Write every state change to `changelog_topic` and restore from it on assignment.
+    pub changelog: bool,
+    /// Compacted topic keyed by customer id, with as many partitions as the input topic.
+    pub changelog_topic: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            changelog: true,
+            changelog_topic: "cx-sentinel-state".into(),
+        }
+    }
 }
 
 /// Where to read and write.

@@ -52,6 +52,7 @@ pub async fn run(
     cluster.create_topic(&k.input_topic, options.partitions, 1)?;
     cluster.create_topic(&k.alert_topic, 1, 1)?;
     cluster.create_topic(&k.dlq_topic, 1, 1)?;
+    cluster.create_topic(&config.state.changelog_topic, options.partitions, 1)?;
     config.kafka.brokers = brokers.clone();
     eprintln!(
         "demo: in-process Kafka cluster at {brokers}; producing {} touchpoints/s ({}x event time) to '{}'; alerts from '{}' follow as JSON lines",

@@ -20,6 +20,9 @@ pub const STATE_BYTES: &str = "cx_sentinel_state_bytes";
 pub const REBALANCES: &str = "cx_sentinel_rebalances_total";
 pub const ASSIGNED_PARTITIONS: &str = "cx_sentinel_assigned_partitions";
 pub const EVICTIONS: &str = "cx_sentinel_customers_evicted_total";
+pub const RESTORED_RECORDS: &str = "cx_sentinel_state_restored_records_total";
+pub const RESTORE_SECONDS: &str = "cx_sentinel_state_restore_duration_seconds";
+pub const RESTORING: &str = "cx_sentinel_state_restoring_partitions";
 
 /// Every metric the service exports, registered once in `registry`.
 #[derive(Clone)]
@@ -48,6 +51,11 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub evictions: IntCounter,
+    /// Changelog records read while restoring (rate() gives records/s).
+    pub restored_records: IntCounter,
+    pub restore_seconds: Histogram,
+    /// Partitions whose state is being restored now (not ready while above zero).
+    pub restoring_partitions: IntGauge,
 }
 
 impl Default for Metrics {
@@ -158,6 +166,23 @@ impl Metrics {
             evictions: reg(
                 &registry,
                 IntCounter::new(EVICTIONS, "Customers evicted after the idle TTL.").expect("valid metric"),
+            ),
+            restored_records: reg(
+                &registry,
+                IntCounter::new(RESTORED_RECORDS, "Changelog records read while restoring state.")
+                    .expect("valid metric"),
+            ),
+            restore_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(RESTORE_SECONDS, "Time to restore one partition's state.")
+                        .buckets(vec![0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+                )
+                .expect("valid metric"),
+            ),
+            restoring_partitions: reg(
+                &registry,
+                IntGauge::new(RESTORING, "Partitions whose state is being restored.").expect("valid metric"),
             ),
             registry,
         }

@@ -21,6 +21,7 @@ fn spawn(brokers: &str, t: &Topics) -> Child {
         .env("CX_SENTINEL__KAFKA__ALERT_TOPIC", &t.alerts)
         .env("CX_SENTINEL__KAFKA__DLQ_TOPIC", &t.dlq)
         .env("CX_SENTINEL__KAFKA__GROUP_ID", &t.group)
+        .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
         .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
         .env("CX_SENTINEL__HTTP__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
@@ -97,7 +98,19 @@ async fn sigkill_mid_stream_loses_no_alert_and_repeats_ids() {
         .filter(|v| v[0]["status"] == "OPEN")
         .map(|v| v[0].clone())
         .collect();
-    assert_eq!(unique, expected, "an alert was lost or differs");
+    let missing: Vec<&str> = expected
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap())
+        .filter(|id| !by_id.contains_key(*id))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} OPEN alerts missing, e.g. {missing:?}",
+        expected.len() - unique.len(),
+        expected.len()
+    );
+    assert_eq!(unique, expected, "an alert differs");
     for copies in by_id.values() {
         assert!(
             copies.iter().all(|c| c == &copies[0]),

@@ -7,6 +7,7 @@
 
 pub mod intern;
 pub mod rules;
+pub mod snapshot;
 pub mod state;
 
 use crate::config::Config;
@@ -36,8 +37,8 @@ pub enum Effect {
         alert: Box<RecoveryAlert>,
         seq: Option<u64>,
     },
-    /// The record was applied to state; every alert it caused was emitted before this.
-    Applied { seq: u64 },
+    /// The record was applied to `customer`'s state; every alert it caused was emitted before this.
+    Applied { seq: u64, customer: Arc<str> },
     /// The record repeats an event id already applied: nothing changed.
     Duplicate { seq: u64 },
     /// The record arrived behind the watermark and was not applied.
@@ -46,8 +47,8 @@ pub enum Effect {
         event: Box<Touchpoint>,
         behind_ms: Millis,
     },
-    /// Customers idle past the TTL were dropped from state.
-    Evicted { customers: u64 },
+    /// Customers dropped from state (idle past the TTL, or shed at the customer cap).
+    Evicted { keys: Vec<Arc<str>> },
 }
 
 /// Shared engine: compiled rules plus the customer map.
@@ -339,13 +340,15 @@ impl Engine {
     }
 
     /// Drops customers with no open case idle past the TTL at `watermark`; returns how many.
-    fn sweep(&self, watermark: Millis) -> u64 {
+    fn sweep(&self, watermark: Millis) -> Vec<Arc<str>> {
         let ttl = self.rules.ttl_ms;
-        let mut evicted = 0;
-        self.customers.retain(|_, s| {
+        let mut evicted = Vec::new();
+        self.customers.retain(|k, s| {
             let idle =
                 s.cases().is_empty() && s.last_event().is_some_and(|l| l.saturating_add(ttl) <= watermark);
-            evicted += u64::from(idle);
+            if idle {
+                evicted.push(k.clone());
+            }
             !idle
         });
         evicted
@@ -383,13 +386,16 @@ impl Engine {
                 .entry(Arc::from(ev.customer_id.as_str()))
                 .or_insert_with(|| Box::new(CustomerState::new(r.config.engine.recent_touchpoints))),
         };
+        let key = guard.key().clone();
         let s: &mut CustomerState = &mut guard;
 
         if self.fire_due(&ev.customer_id, s, t, now, out) {
             let queued = s.queued_deadline;
             *s = CustomerState::new(r.config.engine.recent_touchpoints);
             s.queued_deadline = queued;
-            out.push(Effect::Evicted { customers: 1 });
+            out.push(Effect::Evicted {
+                keys: vec![key.clone()],
+            });
         }
         let id = CompactId::new(&ev.event_id);
         if s.has_seen(&id, &ev.event_id) {
@@ -571,12 +577,15 @@ impl Engine {
                 }
             }
         }
-        out.push(Effect::Applied { seq });
+        out.push(Effect::Applied {
+            seq,
+            customer: key.clone(),
+        });
 
         let deadline = self.next_deadline(s);
         if deadline < s.queued_deadline {
             s.queued_deadline = deadline;
-            return Some((guard.key().clone(), deadline));
+            return Some((key, deadline));
         }
         None
     }
@@ -821,6 +830,20 @@ impl Stream {
         &self.engine
     }
 
+    /// After the engine was filled from the changelog: re-arms every restored customer's timers
+    /// and resumes event time at the newest restored touchpoint.
+    pub fn after_restore(&mut self) {
+        let keys: Vec<Arc<str>> = self.engine.customers.iter().map(|e| e.key().clone()).collect();
+        for key in keys {
+            if let Some(last) = self.engine.customers.get(&*key).and_then(|s| s.last_event()) {
+                self.max_seen = self.max_seen.max(last);
+            }
+            if let Some((k, d)) = self.engine.restored_deadline(&key) {
+                self.timers.push(Reverse((d, k)));
+            }
+        }
+    }
+
     /// Highest event time seen minus the allowed lateness.
     pub fn watermark(&self) -> Millis {
         self.max_seen.saturating_sub(self.engine.rules.lateness_ms)
@@ -891,9 +914,9 @@ impl Stream {
     fn fire_timers(&mut self, upto: Millis, now: Millis, out: &mut Vec<Effect>) {
         if upto.saturating_sub(self.swept_at) >= SWEEP_EVERY_MS {
             if self.swept_at != Millis::MIN {
-                let customers = self.engine.sweep(upto);
-                if customers > 0 {
-                    out.push(Effect::Evicted { customers });
+                let keys = self.engine.sweep(upto);
+                if !keys.is_empty() {
+                    out.push(Effect::Evicted { keys });
                 }
             }
             self.swept_at = upto;
@@ -923,7 +946,7 @@ impl Stream {
             };
             if evict {
                 engine.customers.remove(&*key);
-                out.push(Effect::Evicted { customers: 1 });
+                out.push(Effect::Evicted { keys: vec![key] });
             }
         }
     }

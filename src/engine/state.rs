@@ -156,6 +156,30 @@ impl Recent {
         }
     }
 
+    /// Everything but the interned touchpoint type, for the changelog.
+    pub(crate) fn to_bytes(self) -> [u8; 26] {
+        let mut b = [0u8; 26];
+        b[..16].copy_from_slice(&self.id);
+        b[16..22].copy_from_slice(&self.time);
+        b[22] = self.a;
+        b[23] = self.b;
+        b[24..26].copy_from_slice(&self.sentiment.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn from_bytes(b: &[u8; 26], touchpoint: u16) -> Self {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[..16]);
+        Self {
+            id,
+            time: [b[16], b[17], b[18], b[19], b[20], b[21]],
+            touchpoint,
+            sentiment: i16::from_le_bytes([b[24], b[25]]),
+            a: b[22],
+            b: b[23],
+        }
+    }
+
     pub fn occurred_at(&self) -> Millis {
         let t = self.time;
         i64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], 0, 0])
@@ -225,6 +249,26 @@ pub enum RuleId {
 }
 
 impl RuleId {
+    pub const ALL: [RuleId; 9] = [
+        RuleId::CriticalNegative,
+        RuleId::ExperienceDecline,
+        RuleId::HighEffort,
+        RuleId::ChannelHopping,
+        RuleId::RepeatNegative,
+        RuleId::SlaBreach,
+        RuleId::Recovered,
+        RuleId::Expired,
+        RuleId::CaseLimit,
+    ];
+
+    pub fn index(self) -> u8 {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0) as u8
+    }
+
+    pub fn from_index(i: u8) -> Option<Self> {
+        Self::ALL.get(i as usize).copied()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RuleId::CriticalNegative => "critical_negative",
@@ -275,10 +319,10 @@ pub struct Extra {
 #[derive(Debug, Clone)]
 pub struct CustomerState {
     /// Ring of recent touchpoints; `head` is the oldest once full.
-    ring: [Recent; MAX_RING],
-    ring_cap: u8,
-    ring_len: u8,
-    ring_head: u8,
+    pub(crate) ring: [Recent; MAX_RING],
+    pub(crate) ring_cap: u8,
+    pub(crate) ring_len: u8,
+    pub(crate) ring_head: u8,
     /// Interned tier; `u32::MAX` = unknown.
     pub tier: u32,
     /// Time-decayed experience score, as of the newest touchpoint's event time.
@@ -381,6 +425,16 @@ impl CustomerState {
             extra.long_ids.swap_remove(i);
         }
         self.shrink_extra();
+    }
+
+    /// Appends a restored ring entry (its long-id text, if any, is already in `extra`).
+    pub(crate) fn push_restored(&mut self, entry: Recent) {
+        let cap = self.ring_cap as usize;
+        if (self.ring_len as usize) < cap {
+            let at = (self.ring_head as usize + self.ring_len as usize) % cap;
+            self.ring[at] = entry;
+            self.ring_len += 1;
+        }
     }
 
     /// The text of a remembered touchpoint's event id.

@@ -169,11 +169,27 @@ pub fn check_topics<C: ConsumerContext, K: Consumer<C>>(
 
 /// Creates topics that do not exist yet (tests, the demo and `scripts/`). Existing ones are fine.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), ServiceError> {
+    create(brokers, topics, false).await
+}
+
+/// Like [`create_topics`], with `cleanup.policy=compact` (the state changelog).
+pub async fn create_compacted_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), ServiceError> {
+    create(brokers, topics, true).await
+}
+
+async fn create(brokers: &str, topics: &[(&str, i32)], compact: bool) -> Result<(), ServiceError> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        .map(|(name, parts)| {
+            let t = NewTopic::new(name, *parts, TopicReplication::Fixed(1));
+            if compact {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for r in admin.create_topics(&new, &opts).await? {

@@ -13,6 +13,7 @@ pub mod codecs;
 pub mod http;
 pub mod kafka;
 mod pipeline;
+mod restore;
 
 use crate::config::Config;
 use crate::engine::{CustomerView, Engine};
@@ -58,7 +59,9 @@ impl Shared {
 
     /// Ready once at least one partition is assigned and its state is in place.
     pub fn ready(&self) -> bool {
-        self.running.load(Ordering::Relaxed) && !self.engines.read().is_empty()
+        self.running.load(Ordering::Relaxed)
+            && self.metrics.restoring_partitions.get() == 0
+            && !self.engines.read().is_empty()
     }
 
     pub fn live(&self) -> bool {

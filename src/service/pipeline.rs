@@ -39,6 +39,28 @@ struct Part {
     /// Offset last stored for commit (the next to consume).
     stored: i64,
     consumed: IntCounter,
+    /// Restored customers → the last input offset their restored state includes. Records at or
+    /// below it were applied before the restart and are skipped. Dropped once passed.
+    restored_offsets: HashMap<Arc<str>, i64>,
+    restored_upto: i64,
+    /// Changelog batches in input order: written only after the alerts they follow are acknowledged.
+    batches: std::collections::VecDeque<Batch>,
+    next_batch: u64,
+}
+
+/// The state changes one `push` made, held back until that push's alerts are acknowledged, so
+/// the changelog never runs ahead of the alerts (a restored state never hides an unsent alert).
+struct Batch {
+    id: u64,
+    /// The pushed record; changelog sends hold it unfinished until acknowledged.
+    owner: i64,
+    alerts_unacked: usize,
+    changelog_unacked: usize,
+    sent: bool,
+    /// (customer, value or tombstone, last input offset applied to it or -1).
+    records: Vec<(Arc<str>, Option<Vec<u8>>, i64)>,
+    /// Applied records that stay unfinished until this batch's changelog is acknowledged.
+    holders: Vec<i64>,
 }
 
 impl Part {
@@ -68,8 +90,12 @@ enum Sent {
         severity: &'static str,
         status: AlertStatus,
         event_time: Millis,
+        batch: Option<u64>,
     },
     DeadLetter,
+    Changelog {
+        batch: u64,
+    },
 }
 
 struct Done {
@@ -109,15 +135,21 @@ pub(super) async fn run(
         kafka::consumer_config(&config).create_with_context(context)?;
     let producer: FutureProducer = kafka::producer_config(&config).create()?;
     let k = &config.kafka;
-    kafka::check_topics(
-        &consumer,
-        &k.brokers,
-        &[
-            ("kafka.input_topic", k.input_topic.as_str()),
-            ("kafka.alert_topic", k.alert_topic.as_str()),
-            ("kafka.dlq_topic", k.dlq_topic.as_str()),
-        ],
-    )?;
+    let mut topics = vec![
+        ("kafka.input_topic", k.input_topic.as_str()),
+        ("kafka.alert_topic", k.alert_topic.as_str()),
+        ("kafka.dlq_topic", k.dlq_topic.as_str()),
+    ];
+    if config.state.changelog {
+        topics.push(("state.changelog_topic", config.state.changelog_topic.as_str()));
+    }
+    let counts = kafka::check_topics(&consumer, &k.brokers, &topics)?;
+    if config.state.changelog && counts[3] != counts[0] {
+        return Err(ServiceError::Topic(format!(
+            "state.changelog_topic '{}' has {} partitions but kafka.input_topic '{}' has {}: they must match",
+            config.state.changelog_topic, counts[3], k.input_topic, counts[0]
+        )));
+    }
     let decoder = InputDecoder::new(&config).map_err(ServiceError::Registry)?;
     let encoder = OutputEncoder::new(&config).map_err(ServiceError::Registry)?;
     consumer.subscribe(&[k.input_topic.as_str()])?;
@@ -160,30 +192,66 @@ pub(super) async fn run(
 
 impl Pipeline {
     fn part(&mut self, partition: i32) -> &mut Part {
-        let shared = &self.shared;
-        let config = &self.config;
-        self.parts.entry(partition).or_insert_with(|| {
-            let engine = Arc::new(Engine::new(config.clone()));
-            shared.set_engine(partition, Some(engine.clone()));
-            Part {
-                stream: Stream::new(engine.clone()),
-                engine,
-                pending: BTreeMap::new(),
-                next: 0,
-                stored: 0,
-                consumed: shared
-                    .metrics
-                    .records_consumed
-                    .with_label_values(&[&partition.to_string()]),
+        if !self.parts.contains_key(&partition) {
+            let engine = Arc::new(Engine::new(self.config.clone()));
+            let mut stream = Stream::new(engine.clone());
+            let mut restored_offsets = HashMap::new();
+            if self.config.state.changelog {
+                let started = Instant::now();
+                let m = &self.shared.metrics;
+                let result = tokio::task::block_in_place(|| {
+                    super::restore::restore_partition(&self.config, partition, &engine, &m.restored_records)
+                });
+                match result {
+                    Ok(offsets) => {
+                        stream.after_restore();
+                        tracing::info!(
+                            partition,
+                            customers = engine.customer_count(),
+                            seconds = started.elapsed().as_secs_f64(),
+                            "state restored"
+                        );
+                        restored_offsets = offsets;
+                    }
+                    Err(e) => tracing::error!(partition, error = %e, "state restore failed; starting empty"),
+                }
+                m.restore_seconds.observe(started.elapsed().as_secs_f64());
             }
-        })
+            let restored_upto = restored_offsets.values().copied().max().unwrap_or(-1);
+            self.shared.set_engine(partition, Some(engine.clone()));
+            let consumed = self
+                .shared
+                .metrics
+                .records_consumed
+                .with_label_values(&[&partition.to_string()]);
+            self.parts.insert(
+                partition,
+                Part {
+                    stream,
+                    engine,
+                    pending: BTreeMap::new(),
+                    next: 0,
+                    stored: 0,
+                    consumed,
+                    restored_offsets,
+                    restored_upto,
+                    batches: Default::default(),
+                    next_batch: 0,
+                },
+            );
+        }
+        self.parts.get_mut(&partition).expect("just inserted")
     }
 
     fn rebalance(&mut self, event: RebalanceEvent) {
         match event {
             RebalanceEvent::Assigned(parts) => {
+                // Not ready until every newly assigned partition's state is restored.
+                let restoring = &self.shared.metrics.restoring_partitions;
+                restoring.add(parts.len() as i64);
                 for partition in parts {
                     self.part(partition);
+                    self.shared.metrics.restoring_partitions.dec();
                 }
             }
             RebalanceEvent::Revoked(parts) => {
@@ -234,17 +302,52 @@ impl Pipeline {
         };
         match decoded {
             Ok(tp) => {
+                let part = self.parts.get_mut(&partition).expect("part exists");
+                if !part.restored_offsets.is_empty() {
+                    if offset > part.restored_upto {
+                        part.restored_offsets = HashMap::new();
+                    } else if part
+                        .restored_offsets
+                        .get(tp.customer_id.as_str())
+                        .is_some_and(|&o| offset <= o)
+                    {
+                        // Applied before the restart: its state change is in the restored state.
+                        self.shared.metrics.duplicate_records.inc();
+                        self.finish(partition, offset);
+                        self.shared
+                            .metrics
+                            .processing_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        return;
+                    }
+                }
                 let mut effects = std::mem::take(&mut self.effects);
-                self.parts.get_mut(&partition).expect("part exists").stream.push(
-                    tp,
-                    offset as u64,
-                    now_ms(),
-                    &mut effects,
-                );
+                part.stream.push(tp, offset as u64, now_ms(), &mut effects);
+                let batch = if self.config.state.changelog {
+                    let id = part.next_batch;
+                    part.next_batch += 1;
+                    part.batches.push_back(Batch {
+                        id,
+                        owner: offset,
+                        alerts_unacked: 0,
+                        changelog_unacked: 0,
+                        sent: false,
+                        records: Vec::new(),
+                        holders: Vec::new(),
+                    });
+                    part.hold(offset);
+                    Some(id)
+                } else {
+                    None
+                };
                 for effect in effects.drain(..) {
-                    self.apply_effect(msg, effect).await;
+                    self.apply_effect(msg, effect, batch).await;
                 }
                 self.effects = effects;
+                if let Some(id) = batch {
+                    self.batch_progress(partition, id);
+                    self.finish(partition, offset);
+                }
             }
             Err(e) => {
                 let class = match &e {
@@ -266,10 +369,46 @@ impl Pipeline {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    async fn apply_effect(&mut self, msg: &BorrowedMessage<'_>, effect: Effect) {
+    /// The batch this push's state changes go to (changelog on).
+    fn batch_mut(&mut self, partition: i32, batch: Option<u64>) -> Option<&mut Batch> {
+        let id = batch?;
+        self.parts
+            .get_mut(&partition)?
+            .batches
+            .iter_mut()
+            .find(|b| b.id == id)
+    }
+
+    /// Records `customer`'s current state (or its removal) in the batch.
+    fn stage(&mut self, partition: i32, batch: Option<u64>, customer: Arc<str>, offset: i64) {
+        let Some(engine) = self.parts.get(&partition).map(|p| p.engine.clone()) else {
+            return;
+        };
+        let Some(b) = self.batch_mut(partition, batch) else {
+            return;
+        };
+        let mut value = Vec::new();
+        let value = engine.snapshot(&customer, &mut value).then_some(value);
+        match b.records.iter_mut().find(|r| r.0 == customer) {
+            Some(r) => {
+                r.1 = value;
+                r.2 = r.2.max(offset);
+            }
+            None => b.records.push((customer, value, offset)),
+        }
+    }
+
+    async fn apply_effect(&mut self, msg: &BorrowedMessage<'_>, effect: Effect, batch: Option<u64>) {
         let partition = msg.partition();
         match effect {
             Effect::Alert { alert, seq } => {
+                if seq.is_none() {
+                    // A timer changed this customer's case: that change goes to the changelog too.
+                    self.stage(partition, batch, Arc::from(alert.customer_id.as_str()), -1);
+                }
+                if let Some(b) = self.batch_mut(partition, batch) {
+                    b.alerts_unacked += 1;
+                }
                 // A timer alert belongs to the record whose event time fired it.
                 let owner = seq.map_or(msg.offset(), |s| s as i64);
                 self.buf.clear();
@@ -279,6 +418,7 @@ impl Pipeline {
                     severity: alert.severity.as_str(),
                     status: alert.status,
                     event_time: alert.event_time,
+                    batch,
                 };
                 let payload = std::mem::take(&mut self.buf);
                 let topic = self.config.kafka.alert_topic.clone();
@@ -294,7 +434,17 @@ impl Pipeline {
                 .await;
                 self.buf = payload;
             }
-            Effect::Applied { seq } => self.finish(partition, seq as i64),
+            Effect::Applied { seq, customer } => {
+                if batch.is_some() {
+                    self.stage(partition, batch, customer, seq as i64);
+                    if let Some(b) = self.batch_mut(partition, batch) {
+                        // Finished once its state change is in the changelog.
+                        b.holders.push(seq as i64);
+                    }
+                } else {
+                    self.finish(partition, seq as i64);
+                }
+            }
             Effect::Duplicate { seq } => {
                 self.shared.metrics.duplicate_records.inc();
                 self.finish(partition, seq as i64);
@@ -313,7 +463,12 @@ impl Pipeline {
                 self.dead_letter(msg, "late", &why).await;
                 self.finish(partition, seq as i64);
             }
-            Effect::Evicted { customers } => self.shared.metrics.evictions.inc_by(customers),
+            Effect::Evicted { keys } => {
+                self.shared.metrics.evictions.inc_by(keys.len() as u64);
+                if let Some(b) = self.batch_mut(partition, batch) {
+                    b.records.extend(keys.into_iter().map(|k| (k, None, -1)));
+                }
+            }
         }
     }
 
@@ -424,21 +579,44 @@ impl Pipeline {
     fn delivered(&mut self, done: Done) {
         match done.result {
             Ok(Ok(_)) => {
-                if let Sent::Alert {
-                    rule,
-                    severity,
-                    status,
-                    event_time,
-                } = &done.sent
-                {
-                    let m = &self.shared.metrics;
-                    m.alerts
-                        .with_label_values(&[rule.as_str(), severity, status.as_str()])
-                        .inc();
-                    let latency = (now_ms() - event_time).max(0) as f64 / 1000.0;
-                    m.end_to_end_seconds
-                        .with_label_values(&[status.as_str()])
-                        .observe(latency);
+                match &done.sent {
+                    Sent::Alert {
+                        rule,
+                        severity,
+                        status,
+                        event_time,
+                        batch,
+                    } => {
+                        let m = &self.shared.metrics;
+                        m.alerts
+                            .with_label_values(&[rule.as_str(), severity, status.as_str()])
+                            .inc();
+                        let latency = (now_ms() - event_time).max(0) as f64 / 1000.0;
+                        m.end_to_end_seconds
+                            .with_label_values(&[status.as_str()])
+                            .observe(latency);
+                        let batch = *batch;
+                        if let Some(b) = self.batch_mut(done.partition, batch) {
+                            b.alerts_unacked -= 1;
+                        }
+                        if let Some(id) = batch {
+                            self.batch_progress(done.partition, id);
+                        }
+                    }
+                    Sent::Changelog { batch } => {
+                        let batch = *batch;
+                        let finished = self.batch_mut(done.partition, Some(batch)).and_then(|b| {
+                            b.changelog_unacked -= 1;
+                            (b.changelog_unacked == 0).then(|| std::mem::take(&mut b.holders))
+                        });
+                        if let Some(holders) = finished {
+                            for h in holders {
+                                self.finish(done.partition, h);
+                            }
+                            self.batch_progress(done.partition, batch);
+                        }
+                    }
+                    Sent::DeadLetter => {}
                 }
                 self.finish(done.partition, done.offset);
             }
@@ -454,9 +632,13 @@ impl Pipeline {
                 let (partition, offset, sent, topic) = (done.partition, done.offset, done.sent, done.topic);
                 self.inflight.push(Box::pin(async move {
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    let mut record = FutureRecord::to(&topic)
-                        .key(msg.key().unwrap_or_default())
-                        .payload(msg.payload().unwrap_or_default());
+                    let mut record = FutureRecord::to(&topic).key(msg.key().unwrap_or_default());
+                    if let Some(p) = msg.payload() {
+                        record = record.payload(p);
+                    }
+                    if matches!(sent, Sent::Changelog { .. }) {
+                        record = record.partition(msg.partition());
+                    }
                     if let Some(h) = msg.headers() {
                         record = record.headers(h.clone());
                     }
@@ -471,6 +653,108 @@ impl Pipeline {
                 }));
             }
             Err(_) => tracing::error!(topic = %done.topic, "producer dropped a delivery report"),
+        }
+    }
+
+    /// Sends the changelog records of every batch at the head of the queue whose alerts are all
+    /// acknowledged, in order, and drops batches that are completely done.
+    fn batch_progress(&mut self, partition: i32, _touched: u64) {
+        loop {
+            let Some(part) = self.parts.get_mut(&partition) else {
+                return;
+            };
+            let Some(head) = part.batches.front_mut() else {
+                return;
+            };
+            if !head.sent {
+                if head.alerts_unacked > 0 {
+                    return;
+                }
+                head.sent = true;
+                let records = std::mem::take(&mut head.records);
+                let (id, owner) = (head.id, head.owner);
+                head.changelog_unacked = records.len();
+                if records.is_empty() {
+                    let holders = std::mem::take(&mut head.holders);
+                    for h in holders {
+                        self.finish(partition, h);
+                    }
+                } else {
+                    for (customer, value, offset) in records {
+                        self.send_changelog(partition, owner, id, &customer, value.as_deref(), offset);
+                    }
+                }
+                continue;
+            }
+            if head.changelog_unacked == 0 && head.holders.is_empty() {
+                part.batches.pop_front();
+                continue;
+            }
+            return;
+        }
+    }
+
+    fn send_changelog(
+        &mut self,
+        partition: i32,
+        owner: i64,
+        batch: u64,
+        customer: &str,
+        value: Option<&[u8]>,
+        offset: i64,
+    ) {
+        if let Some(part) = self.parts.get_mut(&partition) {
+            part.hold(owner);
+        }
+        let offset_text = offset.to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "cx.offset",
+            value: Some(offset_text.as_str()),
+        });
+        let topic = self.config.state.changelog_topic.clone();
+        let mut record = FutureRecord::to(&topic)
+            .key(customer)
+            .partition(partition)
+            .headers(headers);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let sent = Sent::Changelog { batch };
+        match self.producer.send_result(record) {
+            Ok(future) => self.inflight.push(Box::pin(async move {
+                Done {
+                    partition,
+                    offset: owner,
+                    sent,
+                    topic,
+                    result: future.await,
+                }
+            })),
+            Err((e, r)) => {
+                // Queue full or similar: fall back to the awaiting send in a task of its own.
+                tracing::debug!(error = %e, "changelog enqueue deferred");
+                let producer = self.producer.clone();
+                let key = customer.to_string();
+                let payload = r.payload.map(|p| p.to_vec());
+                let headers = r.headers.clone();
+                self.inflight.push(Box::pin(async move {
+                    let mut record = FutureRecord::to(&topic).key(&key).partition(partition);
+                    if let Some(h) = headers {
+                        record = record.headers(h);
+                    }
+                    if let Some(p) = &payload {
+                        record = record.payload(p);
+                    }
+                    let result = producer.send(record, Duration::from_secs(60)).await;
+                    Done {
+                        partition,
+                        offset: owner,
+                        sent,
+                        topic,
+                        result: Ok(result),
+                    }
+                }));
+            }
         }
     }
 

@@ -42,6 +42,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub struct Topics {
+    pub state: String,
     pub input: String,
     pub alerts: String,
     pub dlq: String,
@@ -50,6 +51,7 @@ pub struct Topics {
 
 pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
     let t = Topics {
+        state: unique("state"),
         input: unique("tp"),
         alerts: unique("alerts"),
         dlq: unique("dlq"),
@@ -61,6 +63,9 @@ pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
     )
     .await
     .expect("creating test topics");
+    cx_sentinel::service::kafka::create_compacted_topics(brokers, &[(&t.state, input_partitions)])
+        .await
+        .expect("creating the changelog topic");
     t
 }
 
@@ -74,6 +79,7 @@ pub fn config(brokers: &str, t: &Topics, input: Format, output: Format) -> Confi
     c.kafka.alert_topic = t.alerts.clone();
     c.kafka.dlq_topic = t.dlq.clone();
     c.kafka.group_id = t.group.clone();
+    c.state.changelog_topic = t.state.clone();
     c.input.format = input;
     c.output.format = output;
     if output == Format::ConfluentAvro {

@@ -1,0 +1,90 @@
+//! Restoring a partition's state from the changelog before any of its input is processed.
+
+use crate::config::Config;
+use crate::engine::Engine;
+use prometheus::IntCounter;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a restore may wait for the changelog without progress before giving up.
+const STALL: Duration = Duration::from_secs(30);
+
+/// Reads changelog partition `partition` from the beginning to its end into `engine`. Returns,
+/// per restored customer, the last input offset its state includes (from the `cx.offset` header).
+pub fn restore_partition(
+    config: &Config,
+    partition: i32,
+    engine: &Engine,
+    restored: &IntCounter,
+) -> Result<HashMap<Arc<str>, i64>, String> {
+    let topic = &config.state.changelog_topic;
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", format!("{}-restore", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    for (k, v) in &config.kafka.librdkafka_options {
+        if !k.starts_with("group.") && k != "enable.auto.commit" {
+            cc.set(k, v);
+        }
+    }
+    let consumer: BaseConsumer = cc.create().map_err(|e| e.to_string())?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(|e| format!("changelog '{topic}' partition {partition}: {e}"))?;
+    let mut offsets: HashMap<Arc<str>, i64> = HashMap::new();
+    if high <= low {
+        return Ok(offsets);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut last_progress = Instant::now();
+    let mut position = low;
+    while position < high {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if last_progress.elapsed() > STALL {
+                    return Err(format!(
+                        "changelog '{topic}' partition {partition}: no progress for {STALL:?} at offset {position} of {high}"
+                    ));
+                }
+            }
+            Some(Err(e)) => return Err(format!("changelog '{topic}' partition {partition}: {e}")),
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                position = m.offset() + 1;
+                restored.inc();
+                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    tracing::error!(
+                        partition,
+                        offset = m.offset(),
+                        "changelog record without a UTF-8 key; skipped"
+                    );
+                    continue;
+                };
+                if let Err(e) = engine.restore(key, m.payload()) {
+                    tracing::error!(partition, offset = m.offset(), error = %e, "changelog record unreadable; skipped");
+                    continue;
+                }
+                if m.payload().is_none() {
+                    offsets.remove(key);
+                    continue;
+                }
+                let applied = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "cx.offset").and_then(|h| h.value))
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                    .unwrap_or(-1);
+                let entry = offsets.entry(Arc::from(key)).or_insert(-1);
+                *entry = (*entry).max(applied);
+            }
+        }
+    }
+    Ok(offsets)
+}

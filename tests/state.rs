@@ -1,0 +1,81 @@
+//! Durable state: a restarted instance restores every customer from the changelog before it
+//! processes input, so a journey that spans the restart is judged as if nothing happened.
+
+mod common;
+
+use common::*;
+use cx_sentinel::codec::Format;
+use std::time::Duration;
+
+fn contact(i: i64, customer: &str, journey: &str) -> String {
+    serde_json::json!({
+        "event_id": format!("{customer}-{i}"), "customer_id": customer,
+        "occurred_at": 1_772_359_200_000i64 + i * 600_000, "channel": "VOICE", "kind": "INTERACTION",
+        "direction": "INBOUND", "journey": journey, "touchpoint": "support.call", "outcome": "PENDING"
+    })
+    .to_string()
+}
+
+async fn consumed(svc: &Running) -> f64 {
+    let text = svc.get("/metrics").await.1;
+    text.lines()
+        .filter(|l| l.starts_with("cx_sentinel_records_consumed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restores_state_and_matches_one_uninterrupted_run() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 3).await;
+    let config = config(&brokers, &t, Format::Json, Format::Json);
+    // 20 customers each call 3 times before the restart and once after: only restored state
+    // can tell that the 4th call is high effort.
+    let customers: Vec<String> = (0..20).map(|c| format!("cust-{c}")).collect();
+    let before: Vec<String> = (0..3)
+        .flat_map(|i| customers.iter().map(move |c| contact(i, c, "cancellation")))
+        .collect();
+    let after: Vec<String> = customers.iter().map(|c| contact(3, c, "cancellation")).collect();
+    let all: Vec<String> = before.iter().chain(&after).cloned().collect();
+    let expected = replay(&config, &all);
+    assert_eq!(expected.len(), 20, "{expected:?}");
+    assert!(expected.iter().all(|a| a["rule"] == "high_effort"));
+
+    produce(&brokers, &t.input, &keyed(&before)).await;
+    let svc = start(config.clone()).await;
+    for _ in 0..300 {
+        if consumed(&svc).await >= before.len() as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(consumed(&svc).await, before.len() as f64);
+    svc.stop().await.unwrap();
+    assert!(
+        consume(&brokers, &t.alerts, 1, Duration::from_secs(2))
+            .await
+            .is_empty()
+    );
+
+    let svc = start(config).await;
+    svc.wait_ready(Duration::from_secs(60)).await;
+    let (_, view) = svc.get("/customers/cust-7").await;
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    assert_eq!(
+        view["recent_touchpoints"].as_array().unwrap().len(),
+        3,
+        "restored before any input"
+    );
+    produce(&brokers, &t.input, &keyed(&after)).await;
+    let got = alerts(
+        Format::Json,
+        &consume(&brokers, &t.alerts, 20, Duration::from_secs(60)).await,
+    );
+    let metrics = svc.get("/metrics").await.1;
+    svc.stop().await.unwrap();
+    assert_eq!(got, expected);
+    assert!(
+        metrics.contains("cx_sentinel_state_restored_records_total"),
+        "{metrics}"
+    );
+}
