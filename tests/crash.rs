@@ -6,30 +6,7 @@ mod common;
 use common::*;
 use cx_sentinel::codec::Format;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn spawn(brokers: &str, t: &Topics) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cx-sentinel"))
-        .args([
-            "run",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
-        ])
-        .env("CX_SENTINEL__KAFKA__BROKERS", brokers)
-        .env("CX_SENTINEL__KAFKA__INPUT_TOPIC", &t.input)
-        .env("CX_SENTINEL__KAFKA__ALERT_TOPIC", &t.alerts)
-        .env("CX_SENTINEL__KAFKA__DLQ_TOPIC", &t.dlq)
-        .env("CX_SENTINEL__KAFKA__GROUP_ID", &t.group)
-        .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
-        .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
-        .env("CX_SENTINEL__HTTP__LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting cx-sentinel")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_alert_and_repeats_ids() {

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use cx_sentinel::codec::Format;
+use rdkafka::Message;
 use std::time::Duration;
 
 fn contact(i: i64, customer: &str, journey: &str) -> String {
@@ -78,4 +79,97 @@ async fn restart_restores_state_and_matches_one_uninterrupted_run() {
         metrics.contains("cx_sentinel_state_restored_records_total"),
         "{metrics}"
     );
+}
+
+/// Reads alerts until `done` says so or the deadline passes; alerts grouped by id.
+async fn collect(
+    brokers: &str,
+    topic: &str,
+    done: impl Fn(&std::collections::BTreeMap<String, Vec<serde_json::Value>>) -> bool,
+) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    use rdkafka::consumer::Consumer;
+    let reader: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    let mut by_id: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    while !done(&by_id) && std::time::Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
+            let a = alerts(Format::Json, &[m.detach()]).remove(0);
+            by_id
+                .entry(a["alert_id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(a);
+        }
+    }
+    by_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_one_killed_one_joining_state_moves_with_partitions() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 6).await;
+    let journeys: Vec<String> = (0..60).map(|c| format!("journey-cust-{c}")).collect();
+    let filler = |i: i64| {
+        serde_json::json!({
+            "event_id": format!("f-{i}"), "customer_id": format!("filler-{i}"),
+            "occurred_at": 1_772_359_200_000i64 + 1_800_000 + i, "channel": "WEB", "kind": "INTERACTION",
+            "direction": "INBOUND", "journey": "billing", "touchpoint": "payment.transfer", "outcome": "FAILURE"
+        })
+        .to_string()
+    };
+    let before: Vec<String> = (0..3)
+        .flat_map(|i| journeys.iter().map(move |c| contact(i, c, "cancellation")))
+        .chain((0..3000).map(filler))
+        .collect();
+    let after: Vec<String> = journeys.iter().map(|c| contact(10, c, "cancellation")).collect();
+    let mut config = cx_sentinel::config::Config::default();
+    config.engine.allowed_lateness = Duration::ZERO;
+    let all: Vec<String> = before.iter().chain(&after).cloned().collect();
+    let expected: Vec<serde_json::Value> = replay(&config, &all)
+        .into_iter()
+        .filter(|a| a["status"] == "OPEN")
+        .collect();
+    assert_eq!(expected.iter().filter(|a| a["rule"] == "high_effort").count(), 60);
+    assert_eq!(expected.len(), 3060);
+
+    produce(&brokers, &t.input, &keyed(&before)).await;
+    let mut a = spawn(&brokers, &t);
+    let mut b = spawn(&brokers, &t);
+    let mut c = spawn(&brokers, &t);
+    let early = collect(&brokers, &t.alerts, |m| m.len() >= 1500).await;
+    assert!(early.len() >= 1500, "instances produced alerts before the kill");
+    b.kill().expect("SIGKILL");
+    b.wait().unwrap();
+    produce(&brokers, &t.input, &keyed(&after)).await;
+    let mut d = spawn(&brokers, &t);
+    let opens = |m: &std::collections::BTreeMap<String, Vec<serde_json::Value>>| {
+        m.values().filter(|v| v[0]["status"] == "OPEN").count()
+    };
+    let by_id = collect(&brokers, &t.alerts, |m| opens(m) >= expected.len()).await;
+    for p in [&mut a, &mut c, &mut d] {
+        p.kill().unwrap();
+        p.wait().unwrap();
+    }
+    let got: Vec<serde_json::Value> = by_id
+        .values()
+        .filter(|v| v[0]["status"] == "OPEN")
+        .map(|v| v[0].clone())
+        .collect();
+    let missing = expected
+        .iter()
+        .filter(|e| !by_id.contains_key(e["alert_id"].as_str().unwrap()))
+        .count();
+    assert_eq!(missing, 0, "{missing} expected OPEN alerts missing");
+    assert_eq!(got, expected);
+    for copies in by_id.values() {
+        assert!(
+            copies.iter().all(|x| x == &copies[0]),
+            "a re-emitted alert differs: {copies:?}"
+        );
+    }
 }

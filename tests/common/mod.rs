@@ -294,3 +294,26 @@ pub fn keyed(lines: &[String]) -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+/// The real binary as a separate process (`run`), configured through environment overrides.
+pub fn spawn(brokers: &str, t: &Topics) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cx-sentinel"))
+        .args([
+            "run",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
+        ])
+        .env("CX_SENTINEL__KAFKA__BROKERS", brokers)
+        .env("CX_SENTINEL__KAFKA__INPUT_TOPIC", &t.input)
+        .env("CX_SENTINEL__KAFKA__ALERT_TOPIC", &t.alerts)
+        .env("CX_SENTINEL__KAFKA__DLQ_TOPIC", &t.dlq)
+        .env("CX_SENTINEL__KAFKA__GROUP_ID", &t.group)
+        .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
+        .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
+        .env("CX_SENTINEL__HTTP__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("starting cx-sentinel")
+}
