@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use cx_sentinel::codec::Format;
-use rdkafka::Message;
 use std::time::Duration;
 
 fn contact(i: i64, customer: &str, journey: &str) -> String {
