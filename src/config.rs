@@ -47,6 +47,34 @@ pub struct Config {
     pub service: ServiceConfig,
     pub log: LogConfig,
     pub state: StateConfig,
+    pub processing: ProcessingConfig,
+}
+
+/// Delivery guarantee.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingConfig {
+    pub guarantee: Guarantee,
+    /// exactly_once: how often the transaction (alerts, changelog, input offsets) commits. Alerts
+    /// become visible to `read_committed` readers only then: this is the latency cost.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        Self {
+            guarantee: Guarantee::AtLeastOnce,
+            commit_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 /// Durable per-customer state.
@@ -609,6 +637,21 @@ impl Config {
                 "http.listen",
                 format!("'{}' is not an address like 0.0.0.0:9464", self.http.listen),
             ));
+        }
+        if self.processing.guarantee == Guarantee::ExactlyOnce {
+            if !self.state.changelog {
+                return Err(bad(
+                    "processing.guarantee",
+                    "exactly_once needs state.changelog = true (state must roll back with an aborted transaction)"
+                        .into(),
+                ));
+            }
+            if self.processing.commit_interval.is_zero() {
+                return Err(bad(
+                    "processing.commit_interval",
+                    "must be longer than zero".into(),
+                ));
+            }
         }
         if self.service.shutdown_timeout.is_zero() {
             return Err(bad("service.shutdown_timeout", "must be longer than zero".into()));

@@ -22,6 +22,8 @@ pub const ASSIGNED_PARTITIONS: &str = "cx_sentinel_assigned_partitions";
 pub const EVICTIONS: &str = "cx_sentinel_customers_evicted_total";
 pub const RESTORED_RECORDS: &str = "cx_sentinel_state_restored_records_total";
 pub const RESTORE_SECONDS: &str = "cx_sentinel_state_restore_duration_seconds";
+pub const TXN_ABORTS: &str = "cx_sentinel_transaction_aborts_total";
+pub const TXN_COMMITS: &str = "cx_sentinel_transaction_commits_total";
 pub const RESTORING: &str = "cx_sentinel_state_restoring_partitions";
 
 /// Every metric the service exports, registered once in `registry`.
@@ -56,6 +58,9 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Partitions whose state is being restored now (not ready while above zero).
     pub restoring_partitions: IntGauge,
+    /// exactly_once: transactions committed / aborted and recovered from (label: reason).
+    pub txn_commits: IntCounter,
+    pub txn_aborts: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -183,6 +188,15 @@ impl Metrics {
             restoring_partitions: reg(
                 &registry,
                 IntGauge::new(RESTORING, "Partitions whose state is being restored.").expect("valid metric"),
+            ),
+            txn_commits: reg(
+                &registry,
+                IntCounter::new(TXN_COMMITS, "Transactions committed (exactly_once).").expect("valid metric"),
+            ),
+            txn_aborts: counter_vec(
+                TXN_ABORTS,
+                "Transactions aborted and recovered from (exactly_once).",
+                &["reason"],
             ),
             registry,
         }

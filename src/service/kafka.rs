@@ -34,6 +34,11 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
         .set("heartbeat.interval.ms", "2000")
         .set("statistics.interval.ms", "5000")
         .set("enable.partition.eof", "false");
+    if c.processing.guarantee == crate::config::Guarantee::ExactlyOnce {
+        // Offsets go into the producer's transaction; only committed data is read.
+        cc.set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+    }
     for (k, v) in &c.kafka.librdkafka_options {
         cc.set(k, v);
     }
@@ -49,6 +54,19 @@ pub fn producer_config(c: &Config) -> ClientConfig {
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("message.timeout.ms", "30000");
+    if c.processing.guarantee == crate::config::Guarantee::ExactlyOnce {
+        // Unique per producer instance: fencing of zombies comes from the consumer group
+        // generation (send_offsets_to_transaction with the group metadata, KIP-447).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        cc.set(
+            "transactional.id",
+            format!("{}-{}-{nanos}", c.kafka.group_id, std::process::id()),
+        )
+        .set("transaction.timeout.ms", "60000");
+    }
     for (k, v) in &c.kafka.librdkafka_options {
         if !is_consumer_only(k) {
             cc.set(k, v);

@@ -14,7 +14,7 @@ use prometheus::IntCounter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -118,6 +118,12 @@ struct Pipeline {
     inflight: FuturesUnordered<BoxFuture<'static, Done>>,
     effects: Vec<Effect>,
     buf: Vec<u8>,
+    /// exactly_once: alerts, changelog and offsets go out in transactions.
+    eos: bool,
+    /// exactly_once: something was sent since the last commit.
+    dirty: bool,
+    /// exactly_once: a delivery in the open transaction failed; it must abort.
+    txn_failed: bool,
 }
 
 pub(super) async fn run(
@@ -167,7 +173,15 @@ pub(super) async fn run(
         inflight: FuturesUnordered::new(),
         effects: Vec::new(),
         buf: Vec::new(),
+        eos: false,
+        dirty: false,
+        txn_failed: false,
     };
+    if p.config.processing.guarantee == crate::config::Guarantee::ExactlyOnce {
+        p.eos = true;
+        p.start_transactions()?;
+    }
+    let mut commits = tokio::time::interval(p.config.processing.commit_interval);
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
@@ -177,6 +191,7 @@ pub(super) async fn run(
             Some(event) = rebalances.recv() => p.rebalance(event),
             Some(done) = p.inflight.next(), if !p.inflight.is_empty() => p.delivered(done),
             _ = gauges.tick() => p.shared.refresh_state_gauges(),
+            _ = commits.tick(), if p.eos => p.commit_transaction().await,
             msg = consumer.recv() => match msg {
                 Ok(msg) => p.process(&msg).await,
                 Err(e) => {
@@ -273,6 +288,7 @@ impl Pipeline {
 
     async fn process(&mut self, msg: &BorrowedMessage<'_>) {
         let started = Instant::now();
+        self.dirty = true;
         let partition = msg.partition();
         let offset = msg.offset();
         let part = self.part(partition);
@@ -620,6 +636,11 @@ impl Pipeline {
                 }
                 self.finish(done.partition, done.offset);
             }
+            Ok(Err((e, _))) if self.eos => {
+                // Inside a transaction a lost send cannot be patched up: abort and replay.
+                tracing::warn!(topic = %done.topic, error = %e, "delivery failed; the transaction will abort");
+                self.txn_failed = true;
+            }
             Ok(Err((e, msg))) => {
                 // Not acknowledged after librdkafka's own retries: send again, never drop.
                 self.shared
@@ -667,7 +688,8 @@ impl Pipeline {
                 return;
             };
             if !head.sent {
-                if head.alerts_unacked > 0 {
+                // exactly_once needs no ordering: the transaction makes it all-or-nothing.
+                if head.alerts_unacked > 0 && !self.eos {
                     return;
                 }
                 head.sent = true;
@@ -765,7 +787,7 @@ impl Pipeline {
         };
         part.release(offset);
         let committable = part.committable();
-        if committable > part.stored {
+        if committable > part.stored && !self.eos {
             match self
                 .consumer
                 .store_offset(&self.config.kafka.input_topic, partition, committable - 1)
@@ -774,6 +796,132 @@ impl Pipeline {
                 Err(e) => tracing::debug!(partition, error = %e, "cannot store offset (partition revoked?)"),
             }
         }
+    }
+
+    fn start_transactions(&mut self) -> Result<(), ServiceError> {
+        let producer = self.producer.clone();
+        tokio::task::block_in_place(|| {
+            producer.init_transactions(Duration::from_secs(30))?;
+            producer.begin_transaction()
+        })?;
+        Ok(())
+    }
+
+    /// exactly_once: waits for the open transaction's sends, adds the input offsets of every
+    /// finished record, commits, and opens the next transaction. Any failure aborts and
+    /// recovers: state and input position go back to the last committed transaction.
+    async fn commit_transaction(&mut self) {
+        if !self.dirty && self.inflight.is_empty() {
+            return;
+        }
+        while let Some(done) = self.inflight.next().await {
+            self.delivered(done);
+        }
+        if self.txn_failed {
+            self.recover("delivery failed", false).await;
+            return;
+        }
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        for (&partition, part) in &self.parts {
+            if part.next > 0 || !part.pending.is_empty() {
+                let _ = offsets.add_partition_offset(
+                    &self.config.kafka.input_topic,
+                    partition,
+                    rdkafka::Offset::Offset(part.committable()),
+                );
+            }
+        }
+        let Some(group) = self.consumer.group_metadata() else {
+            self.recover("no consumer group metadata", false).await;
+            return;
+        };
+        let producer = self.producer.clone();
+        let result = tokio::task::block_in_place(|| {
+            if offsets.count() > 0 {
+                producer.send_offsets_to_transaction(&offsets, &group, Duration::from_secs(30))?;
+            }
+            producer.commit_transaction(Duration::from_secs(30))?;
+            producer.begin_transaction()
+        });
+        match result {
+            Ok(()) => {
+                self.dirty = false;
+                self.shared.metrics.txn_commits.inc();
+            }
+            Err(e) => {
+                let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+                tracing::warn!(error = %e, fatal, "transaction commit failed");
+                self.recover(if fatal { "fatal" } else { "commit_failed" }, fatal)
+                    .await;
+            }
+        }
+    }
+
+    /// Aborts the open transaction (or replaces a fenced producer), forgets every partition's
+    /// state and rewinds the input to the last committed offsets: the next records restore state
+    /// from the committed changelog and are processed again, as if the transaction never ran.
+    async fn recover(&mut self, reason: &'static str, fatal: bool) {
+        self.shared.metrics.txn_aborts.with_label_values(&[reason]).inc();
+        self.inflight = FuturesUnordered::new();
+        let producer = self.producer.clone();
+        let aborted = !fatal
+            && tokio::task::block_in_place(|| producer.abort_transaction(Duration::from_secs(30))).is_ok();
+        loop {
+            if !aborted {
+                match kafka::producer_config(&self.config).create::<FutureProducer>() {
+                    Ok(p) => self.producer = p,
+                    Err(e) => tracing::error!(error = %e, "cannot recreate the transactional producer"),
+                }
+            }
+            let producer = self.producer.clone();
+            let started = tokio::task::block_in_place(|| {
+                if !aborted {
+                    producer.init_transactions(Duration::from_secs(30))?;
+                }
+                producer.begin_transaction()
+            });
+            match started {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a transaction; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        let partitions: Vec<i32> = self.parts.keys().copied().collect();
+        for partition in &partitions {
+            self.parts.remove(partition);
+            self.shared.set_engine(*partition, None);
+        }
+        let consumer = self.consumer.clone();
+        let topic = self.config.kafka.input_topic.clone();
+        tokio::task::block_in_place(|| {
+            let committed = consumer.committed(Duration::from_secs(10)).ok();
+            let assigned = consumer.assignment().unwrap_or_default();
+            for e in assigned.elements() {
+                if e.topic() != topic {
+                    continue;
+                }
+                let to = committed
+                    .as_ref()
+                    .and_then(|c| c.find_partition(&topic, e.partition()))
+                    .map(|c| c.offset())
+                    .filter(|o| matches!(o, rdkafka::Offset::Offset(_)))
+                    .unwrap_or(rdkafka::Offset::Beginning);
+                for attempt in 0..20 {
+                    match consumer.seek(&topic, e.partition(), to, Duration::from_secs(5)) {
+                        Ok(()) => break,
+                        Err(err) if attempt == 19 => {
+                            tracing::error!(partition = e.partition(), error = %err, "cannot rewind partition")
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+            }
+        });
+        self.dirty = false;
+        self.txn_failed = false;
+        tracing::warn!(reason, partitions = ?partitions, "transaction aborted; state and input rewound to the last commit");
     }
 
     async fn shutdown(mut self) {
@@ -795,6 +943,11 @@ impl Pipeline {
             );
         }
         let buffered: usize = self.parts.values().map(|p| p.stream.buffered()).sum();
+        if self.eos {
+            self.commit_transaction().await;
+            self.consumer.unsubscribe();
+            return;
+        }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!(buffered, "offsets committed"),
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}

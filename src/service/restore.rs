@@ -26,7 +26,9 @@ pub fn restore_partition(
     cc.set("bootstrap.servers", &config.kafka.brokers)
         .set("group.id", format!("{}-restore", config.kafka.group_id))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Changelog writes of aborted transactions (exactly_once) must not come back.
+        .set("isolation.level", "read_committed");
     for (k, v) in &config.kafka.librdkafka_options {
         if !k.starts_with("group.") && k != "enable.auto.commit" {
             cc.set(k, v);
