@@ -85,6 +85,9 @@ pub struct StateConfig {
     pub changelog: bool,
     /// Compacted topic keyed by customer id, with as many partitions as the input topic.
     pub changelog_topic: String,
+    /// Customers held per instance; beyond it the least recently active customers without an
+    /// open case are dropped (metric `cx_sentinel_customers_shed_total`). 0 = no cap.
+    pub max_customers: usize,
 }
 
 impl Default for StateConfig {
@@ -92,6 +95,7 @@ impl Default for StateConfig {
         Self {
             changelog: true,
             changelog_topic: "cx-sentinel-state".into(),
+            max_customers: 5_000_000,
         }
     }
 }

@@ -22,6 +22,7 @@ pub const ASSIGNED_PARTITIONS: &str = "cx_sentinel_assigned_partitions";
 pub const EVICTIONS: &str = "cx_sentinel_customers_evicted_total";
 pub const RESTORED_RECORDS: &str = "cx_sentinel_state_restored_records_total";
 pub const RESTORE_SECONDS: &str = "cx_sentinel_state_restore_duration_seconds";
+pub const SHED: &str = "cx_sentinel_customers_shed_total";
 pub const TXN_ABORTS: &str = "cx_sentinel_transaction_aborts_total";
 pub const TXN_COMMITS: &str = "cx_sentinel_transaction_commits_total";
 pub const RESTORING: &str = "cx_sentinel_state_restoring_partitions";
@@ -60,6 +61,8 @@ pub struct Metrics {
     pub restoring_partitions: IntGauge,
     /// exactly_once: transactions committed / aborted and recovered from (label: reason).
     pub txn_commits: IntCounter,
+    /// Customers dropped because the instance held `state.max_customers`.
+    pub shed: IntCounter,
     pub txn_aborts: IntCounterVec,
 }
 
@@ -188,6 +191,11 @@ impl Metrics {
             restoring_partitions: reg(
                 &registry,
                 IntGauge::new(RESTORING, "Partitions whose state is being restored.").expect("valid metric"),
+            ),
+            shed: reg(
+                &registry,
+                IntCounter::new(SHED, "Customers dropped at the state.max_customers cap.")
+                    .expect("valid metric"),
             ),
             txn_commits: reg(
                 &registry,

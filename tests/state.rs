@@ -159,11 +159,16 @@ async fn three_instances_one_killed_one_joining_state_moves_with_partitions() {
         .filter(|v| v[0]["status"] == "OPEN")
         .map(|v| v[0].clone())
         .collect();
-    let missing = expected
+    let missing: Vec<String> = expected
         .iter()
         .filter(|e| !by_id.contains_key(e["alert_id"].as_str().unwrap()))
-        .count();
-    assert_eq!(missing, 0, "{missing} expected OPEN alerts missing");
+        .map(|e| format!("{}:{}", e["customer_id"], e["rule"]))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} expected OPEN alerts missing: {missing:?}",
+        missing.len()
+    );
     assert_eq!(got, expected);
     for copies in by_id.values() {
         assert!(

@@ -354,6 +354,29 @@ impl Engine {
         evicted
     }
 
+    /// Drops up to `count` of the least recently active customers that have no open case (the
+    /// customer cap); returns their keys.
+    pub fn shed(&self, count: usize) -> Vec<Arc<str>> {
+        let mut idle: Vec<(Millis, Arc<str>)> = self
+            .customers
+            .iter()
+            .filter(|e| e.value().cases().is_empty())
+            .map(|e| (e.value().last_event().unwrap_or(Millis::MIN), e.key().clone()))
+            .collect();
+        let count = count.min(idle.len());
+        if count == 0 {
+            return Vec::new();
+        }
+        if count < idle.len() {
+            idle.select_nth_unstable(count - 1);
+            idle.truncate(count);
+        }
+        for (_, key) in &idle {
+            self.customers.remove(&**key);
+        }
+        idle.into_iter().map(|(_, k)| k).collect()
+    }
+
     /// Whether this event id was already applied for its customer.
     fn already_seen(&self, ev: &Touchpoint) -> bool {
         self.customers
@@ -830,14 +853,12 @@ impl Stream {
         &self.engine
     }
 
-    /// After the engine was filled from the changelog: re-arms every restored customer's timers
-    /// and resumes event time at the newest restored touchpoint.
+    /// After the engine was filled from the changelog: re-arms every restored customer's timers.
+    /// Event time is not resumed from the restored states: they may be ahead of the committed
+    /// input offset, and the records in between must not count as late when read again.
     pub fn after_restore(&mut self) {
         let keys: Vec<Arc<str>> = self.engine.customers.iter().map(|e| e.key().clone()).collect();
         for key in keys {
-            if let Some(last) = self.engine.customers.get(&*key).and_then(|s| s.last_event()) {
-                self.max_seen = self.max_seen.max(last);
-            }
             if let Some((k, d)) = self.engine.restored_deadline(&key) {
                 self.timers.push(Reverse((d, k)));
             }

@@ -443,3 +443,30 @@ fn alert_ids_are_deterministic() {
     let (b, _) = run_all(Config::default(), evs());
     assert_eq!(a, b);
 }
+
+#[test]
+fn shed_drops_the_least_recently_active_customers_without_cases() {
+    let mut events: Vec<Ev> = (0..10)
+        .map(|i| {
+            Ev::new(
+                &format!("e{i}"),
+                &format!("c{i}"),
+                i * MIN,
+                "faq.view",
+                Outcome::Pending,
+            )
+        })
+        .collect();
+    // c-case is the oldest of all but has an open case: never shed.
+    events.insert(
+        0,
+        Ev::new("x", "c-case", -MIN, "payment.transfer", Outcome::Failure),
+    );
+    let (_, engine) = run_all(config_with(0), events);
+    let mut shed: Vec<String> = engine.shed(3).iter().map(|k| k.to_string()).collect();
+    shed.sort();
+    assert_eq!(shed, ["c0", "c1", "c2"]);
+    assert_eq!(engine.customer_count(), 8);
+    assert!(engine.customer("c-case").is_some());
+    assert!(engine.customer("c3").is_some());
+}

@@ -13,7 +13,7 @@ pub mod codecs;
 pub mod http;
 pub mod kafka;
 mod pipeline;
-mod restore;
+pub mod restore;
 
 use crate::config::Config;
 use crate::engine::{CustomerView, Engine};
@@ -46,6 +46,8 @@ pub struct Shared {
     pub metrics: Metrics,
     engines: RwLock<BTreeMap<i32, Arc<Engine>>>,
     running: AtomicBool,
+    /// Customers held, refreshed every second (the cap check reads it on the hot path).
+    pub(crate) customers: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -54,6 +56,7 @@ impl Shared {
             metrics,
             engines: RwLock::new(BTreeMap::new()),
             running: AtomicBool::new(true),
+            customers: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -85,6 +88,7 @@ impl Shared {
         let engines = self.engines.read();
         let customers: usize = engines.values().map(|e| e.customer_count()).sum();
         self.metrics.customers.set(customers as i64);
+        self.customers.store(customers, Ordering::Relaxed);
     }
 
     pub(crate) fn refresh_state_bytes(&self) {

@@ -360,6 +360,7 @@ impl Pipeline {
                     self.apply_effect(msg, effect, batch).await;
                 }
                 self.effects = effects;
+                self.enforce_cap(partition, batch);
                 if let Some(id) = batch {
                     self.batch_progress(partition, id);
                     self.finish(partition, offset);
@@ -383,6 +384,37 @@ impl Pipeline {
             .metrics
             .processing_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Over `state.max_customers`: sheds 1% of this partition's customers (at least the excess
+    /// up to that), least recently active first, and writes their tombstones.
+    fn enforce_cap(&mut self, partition: i32, batch: Option<u64>) {
+        let cap = self.config.state.max_customers;
+        let held = self.shared.customers.load(std::sync::atomic::Ordering::Relaxed);
+        if cap == 0 || held <= cap {
+            return;
+        }
+        let Some(engine) = self.parts.get(&partition).map(|p| p.engine.clone()) else {
+            return;
+        };
+        let count = (engine.customer_count() / 100)
+            .max(1)
+            .min(held - cap + engine.customer_count() / 100);
+        let keys = engine.shed(count);
+        self.shared
+            .customers
+            .fetch_sub(keys.len().min(held), std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.shed.inc_by(keys.len() as u64);
+        tracing::warn!(
+            partition,
+            shed = keys.len(),
+            held,
+            cap,
+            "customer cap reached: dropped the least recently active customers without an open case"
+        );
+        if let Some(b) = self.batch_mut(partition, batch) {
+            b.records.extend(keys.into_iter().map(|k| (k, None, -1)));
+        }
     }
 
     /// The batch this push's state changes go to (changelog on).

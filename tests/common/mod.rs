@@ -311,9 +311,17 @@ pub fn spawn(brokers: &str, t: &Topics) -> std::process::Child {
         .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
         .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
         .env("CX_SENTINEL__HTTP__LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CX_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(match std::env::var("CX_TEST_CHILD_LOG_DIR") {
+            Ok(dir) => std::process::Stdio::from(
+                std::fs::File::create(format!("{dir}/{}.log", unique("child"))).expect("child log file"),
+            ),
+            Err(_) => std::process::Stdio::inherit(),
+        })
         .spawn()
         .expect("starting cx-sentinel")
 }
