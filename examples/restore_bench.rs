@@ -1,0 +1,92 @@
+//! Restore speed: fills a changelog partition on the real broker with customer snapshots, then
+//! times `restore_partition` into an empty engine. `scripts/kafka.sh up` first.
+//!
+//! `cargo run --release --example restore_bench -- [RECORDS] [BROKERS]` (default 500000,
+//! 127.0.0.1:19092).
+
+use cx_sentinel::config::Config;
+use cx_sentinel::engine::{Engine, Stream};
+use cx_sentinel::generator::{Generator, GeneratorConfig};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(500_000);
+    let brokers = args.next().unwrap_or_else(|| "127.0.0.1:19092".into());
+    let topic = format!("restore-bench-{}", std::process::id());
+    cx_sentinel::service::kafka::create_compacted_topics(&brokers, &[(&topic, 1)]).await?;
+
+    // Realistic states: 100k customers with generated journeys, each snapshotted as it changes.
+    let mut config = Config::default();
+    config.engine.allowed_lateness = Duration::ZERO;
+    config.kafka.brokers = brokers.clone();
+    config.state.changelog_topic = topic.clone();
+    let engine = Arc::new(Engine::new(config.clone()));
+    let mut stream = Stream::new(engine.clone());
+    let mut generator = Generator::new(GeneratorConfig {
+        customers: 100_000,
+        ..Default::default()
+    });
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut out = Vec::new();
+    let mut value = Vec::new();
+    let mut pending = Vec::with_capacity(records);
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    for seq in 0..records as u64 {
+        let tp = generator.next_touchpoint();
+        let customer = tp.customer_id.clone();
+        out.clear();
+        stream.push(tp, seq, 0, &mut out);
+        value.clear();
+        engine.snapshot(&customer, &mut value);
+        bytes += value.len();
+        let mut record = FutureRecord::to(&topic)
+            .key(&customer)
+            .payload(&value)
+            .partition(0);
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => break pending.push(f),
+                Err((_, r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    eprintln!(
+        "wrote {records} snapshots ({:.0} bytes avg) in {:.1}s",
+        bytes as f64 / records as f64,
+        started.elapsed().as_secs_f64()
+    );
+
+    let fresh = Engine::new(config.clone());
+    let counter = prometheus::IntCounter::new("restored", "restored").unwrap();
+    let started = Instant::now();
+    let offsets = tokio::task::block_in_place(|| {
+        cx_sentinel::service::restore::restore_partition(&config, 0, &fresh, &counter)
+    })
+    .map_err(anyhow::Error::msg)?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "restored {} changelog records into {} customers in {secs:.2}s: {:.0} records/s ({} offsets tracked)",
+        counter.get(),
+        fresh.customer_count(),
+        counter.get() as f64 / secs,
+        offsets.len()
+    );
+    Ok(())
+}
