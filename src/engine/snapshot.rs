@@ -138,7 +138,12 @@ impl Engine {
             return Ok(());
         };
         let s = self.decode(value)?;
-        self.customers.insert(Arc::from(customer), Box::new(s));
+        match self.customers.get_mut(customer) {
+            Some(mut held) => **held = s,
+            None => {
+                self.customers.insert(Arc::from(customer), Box::new(s));
+            }
+        }
         Ok(())
     }
 

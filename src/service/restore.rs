@@ -28,7 +28,12 @@ pub fn restore_partition(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         // Changelog writes of aborted transactions (exactly_once) must not come back.
-        .set("isolation.level", "read_committed");
+        .set("isolation.level", "read_committed")
+        // Restore reads one partition flat out: large fetches, a deep local queue.
+        .set("fetch.message.max.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864")
+        .set("queued.min.messages", "1000000")
+        .set("fetch.wait.max.ms", "10");
     for (k, v) in &config.kafka.librdkafka_options {
         if !k.starts_with("group.") && k != "enable.auto.commit" {
             cc.set(k, v);
@@ -83,8 +88,12 @@ pub fn restore_partition(
                     .and_then(|h| h.iter().find(|h| h.key == "cx.offset").and_then(|h| h.value))
                     .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
                     .unwrap_or(-1);
-                let entry = offsets.entry(Arc::from(key)).or_insert(-1);
-                *entry = (*entry).max(applied);
+                match offsets.get_mut(key) {
+                    Some(o) => *o = (*o).max(applied),
+                    None => {
+                        offsets.insert(Arc::from(key), applied);
+                    }
+                }
             }
         }
     }
