@@ -43,6 +43,7 @@ struct Part {
     /// below it were applied before the restart and are skipped. Dropped once passed.
     restored_offsets: HashMap<Arc<str>, i64>,
     restored_upto: i64,
+    epoch: u64,
     /// Changelog batches in input order: written only after the alerts they follow are acknowledged.
     batches: std::collections::VecDeque<Batch>,
     next_batch: u64,
@@ -100,6 +101,9 @@ enum Sent {
 
 struct Done {
     partition: i32,
+    /// Generation of the partition's state the send belongs to: a partition revoked and assigned
+    /// again gets a new one, and late reports from the old one must not touch the new.
+    epoch: u64,
     offset: i64,
     sent: Sent,
     topic: String,
@@ -124,6 +128,7 @@ struct Pipeline {
     dirty: bool,
     /// exactly_once: a delivery in the open transaction failed; it must abort.
     txn_failed: bool,
+    next_epoch: u64,
 }
 
 pub(super) async fn run(
@@ -176,6 +181,7 @@ pub(super) async fn run(
         eos: false,
         dirty: false,
         txn_failed: false,
+        next_epoch: 0,
     };
     if p.config.processing.guarantee == crate::config::Guarantee::ExactlyOnce {
         p.eos = true;
@@ -239,6 +245,7 @@ impl Pipeline {
                 .metrics
                 .records_consumed
                 .with_label_values(&[&partition.to_string()]);
+            self.next_epoch += 1;
             self.parts.insert(
                 partition,
                 Part {
@@ -252,6 +259,7 @@ impl Pipeline {
                     restored_upto,
                     batches: Default::default(),
                     next_batch: 0,
+                    epoch: self.next_epoch,
                 },
             );
         }
@@ -586,6 +594,7 @@ impl Pipeline {
         payload: &[u8],
         headers: OwnedHeaders,
     ) {
+        let epoch = self.parts.get(&partition).map_or(u64::MAX, |p| p.epoch);
         if let Some(part) = self.parts.get_mut(&partition) {
             part.hold(owner);
         }
@@ -616,6 +625,7 @@ impl Pipeline {
         self.inflight.push(Box::pin(async move {
             Done {
                 partition,
+                epoch,
                 offset: owner,
                 sent,
                 topic: topic_name,
@@ -625,7 +635,15 @@ impl Pipeline {
     }
 
     fn delivered(&mut self, done: Done) {
+        let current = self
+            .parts
+            .get(&done.partition)
+            .is_some_and(|p| p.epoch == done.epoch);
         match done.result {
+            Ok(Ok(_)) if !current => {
+                // The partition was revoked (and maybe assigned again) since: its records are
+                // processed again from the committed offset, so this report settles nothing.
+            }
             Ok(Ok(_)) => {
                 match &done.sent {
                     Sent::Alert {
@@ -682,7 +700,8 @@ impl Pipeline {
                     .inc();
                 tracing::error!(topic = %done.topic, error = %e, "delivery failed; re-sending");
                 let producer = self.producer.clone();
-                let (partition, offset, sent, topic) = (done.partition, done.offset, done.sent, done.topic);
+                let (partition, epoch, offset, sent, topic) =
+                    (done.partition, done.epoch, done.offset, done.sent, done.topic);
                 self.inflight.push(Box::pin(async move {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     let mut record = FutureRecord::to(&topic).key(msg.key().unwrap_or_default());
@@ -698,6 +717,7 @@ impl Pipeline {
                     let result = producer.send(record, Duration::from_secs(30)).await;
                     Done {
                         partition,
+                        epoch,
                         offset,
                         sent,
                         topic,
@@ -757,6 +777,7 @@ impl Pipeline {
         value: Option<&[u8]>,
         offset: i64,
     ) {
+        let epoch = self.parts.get(&partition).map_or(u64::MAX, |p| p.epoch);
         if let Some(part) = self.parts.get_mut(&partition) {
             part.hold(owner);
         }
@@ -778,6 +799,7 @@ impl Pipeline {
             Ok(future) => self.inflight.push(Box::pin(async move {
                 Done {
                     partition,
+                    epoch,
                     offset: owner,
                     sent,
                     topic,
@@ -802,6 +824,7 @@ impl Pipeline {
                     let result = producer.send(record, Duration::from_secs(60)).await;
                     Done {
                         partition,
+                        epoch,
                         offset: owner,
                         sent,
                         topic,
