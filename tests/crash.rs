@@ -4,8 +4,6 @@
 mod common;
 
 use common::*;
-use cx_sentinel::codec::Format;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,21 +12,7 @@ async fn sigkill_mid_stream_loses_no_alert_and_repeats_ids() {
     let t = topics(&brokers, 3).await;
     // Every other customer has one failed payment: each alert depends on one record only, so
     // the comparison holds even though in-memory state does not survive the crash.
-    let lines: Vec<String> = (0..6_000)
-        .map(|i| {
-            let (tp, outcome) = if i % 2 == 0 {
-                ("payment.transfer", "FAILURE")
-            } else {
-                ("faq.view", "SUCCESS")
-            };
-            serde_json::json!({
-                "event_id": format!("ev-{i}"), "customer_id": format!("cust-{i}"),
-                "occurred_at": 1_772_359_200_000i64 + i * 1000, "channel": "WEB", "kind": "INTERACTION",
-                "direction": "INBOUND", "journey": "billing", "touchpoint": tp, "outcome": outcome
-            })
-            .to_string()
-        })
-        .collect();
+    let lines = payment_lines(0, 6_000, 2);
     let mut config = cx_sentinel::config::Config::default();
     config.engine.allowed_lateness = Duration::ZERO;
     let expected = replay(&config, &lines);
@@ -51,27 +35,10 @@ async fn sigkill_mid_stream_loses_no_alert_and_repeats_ids() {
     tokio::time::sleep(Duration::from_secs(12)).await;
 
     let mut second = spawn(&brokers, &t);
-    let mut by_id: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    let reader: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", unique("crash-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    rdkafka::consumer::Consumer::subscribe(&reader, &[t.alerts.as_str()]).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let opens = |m: &BTreeMap<String, Vec<serde_json::Value>>| {
-        m.values().filter(|v| v[0]["status"] == "OPEN").count()
-    };
-    while opens(&by_id) < expected.len() && std::time::Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
-            let a = alerts(Format::Json, &[m.detach()]).remove(0);
-            by_id
-                .entry(a["alert_id"].as_str().unwrap().to_string())
-                .or_default()
-                .push(a);
-        }
-    }
+    let by_id = collect_alerts(&brokers, &t.alerts, Duration::from_secs(120), |m| {
+        opens(m) >= expected.len()
+    })
+    .await;
     second.kill().unwrap();
     second.wait().unwrap();
     let unique: Vec<serde_json::Value> = by_id

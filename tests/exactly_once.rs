@@ -14,21 +14,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::time::{Duration, Instant};
 
 fn lines(from: i64, to: i64) -> Vec<String> {
-    (from..to)
-        .map(|i| {
-            let (tp, outcome) = if i % 3 == 0 {
-                ("payment.transfer", "FAILURE")
-            } else {
-                ("faq.view", "SUCCESS")
-            };
-            serde_json::json!({
-                "event_id": format!("ev-{i}"), "customer_id": format!("cust-{i}"),
-                "occurred_at": 1_772_359_200_000i64 + i * 1000, "channel": "WEB", "kind": "INTERACTION",
-                "direction": "INBOUND", "journey": "billing", "touchpoint": tp, "outcome": outcome
-            })
-            .to_string()
-        })
-        .collect()
+    payment_lines(from, to, 3)
 }
 
 /// Reads committed alerts until `want` arrived, then a little longer to catch duplicates.

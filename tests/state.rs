@@ -80,34 +80,6 @@ async fn restart_restores_state_and_matches_one_uninterrupted_run() {
     );
 }
 
-/// Reads alerts until `done` says so or the deadline passes; alerts grouped by id.
-async fn collect(
-    brokers: &str,
-    topic: &str,
-    done: impl Fn(&std::collections::BTreeMap<String, Vec<serde_json::Value>>) -> bool,
-) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
-    use rdkafka::consumer::Consumer;
-    let reader: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&[topic]).unwrap();
-    let mut by_id: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
-    let deadline = std::time::Instant::now() + Duration::from_secs(150);
-    while !done(&by_id) && std::time::Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
-            let a = alerts(Format::Json, &[m.detach()]).remove(0);
-            by_id
-                .entry(a["alert_id"].as_str().unwrap().to_string())
-                .or_default()
-                .push(a);
-        }
-    }
-    by_id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "flaky (about 1 run in 3): the joining instance restores far fewer customers than the killed one held and some high_effort alerts are missing; under investigation, see the issue notes. Run with --ignored."]
 async fn three_instances_one_killed_one_joining_state_moves_with_partitions() {
@@ -141,7 +113,7 @@ async fn three_instances_one_killed_one_joining_state_moves_with_partitions() {
     let mut a = spawn(&brokers, &t);
     let mut b = spawn(&brokers, &t);
     let mut c = spawn(&brokers, &t);
-    let early = collect(&brokers, &t.alerts, |m| m.len() >= 1500).await;
+    let early = collect_alerts(&brokers, &t.alerts, Duration::from_secs(150), |m| m.len() >= 1500).await;
     assert!(early.len() >= 1500, "instances produced alerts before the kill");
     b.kill().expect("SIGKILL");
     b.wait().unwrap();
@@ -151,10 +123,10 @@ async fn three_instances_one_killed_one_joining_state_moves_with_partitions() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     produce(&brokers, &t.input, &keyed(&after)).await;
     let mut d = spawn(&brokers, &t);
-    let opens = |m: &std::collections::BTreeMap<String, Vec<serde_json::Value>>| {
-        m.values().filter(|v| v[0]["status"] == "OPEN").count()
-    };
-    let by_id = collect(&brokers, &t.alerts, |m| opens(m) >= expected.len()).await;
+    let by_id = collect_alerts(&brokers, &t.alerts, Duration::from_secs(150), |m| {
+        opens(m) >= expected.len()
+    })
+    .await;
     for p in [&mut a, &mut c, &mut d] {
         p.kill().unwrap();
         p.wait().unwrap();

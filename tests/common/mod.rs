@@ -325,3 +325,58 @@ pub fn spawn(brokers: &str, t: &Topics) -> std::process::Child {
         .spawn()
         .expect("starting cx-sentinel")
 }
+
+/// Touchpoints `from..to`, one customer each, one second apart; every `every`-th is a failed
+/// payment (one OPEN alert, depending on that record alone), the rest are happy FAQ views.
+pub fn payment_lines(from: i64, to: i64, every: i64) -> Vec<String> {
+    (from..to)
+        .map(|i| {
+            let (tp, outcome) = if i % every == 0 {
+                ("payment.transfer", "FAILURE")
+            } else {
+                ("faq.view", "SUCCESS")
+            };
+            serde_json::json!({
+                "event_id": format!("ev-{i}"), "customer_id": format!("cust-{i}"),
+                "occurred_at": 1_772_359_200_000i64 + i * 1000, "channel": "WEB", "kind": "INTERACTION",
+                "direction": "INBOUND", "journey": "billing", "touchpoint": tp, "outcome": outcome
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// Alerts grouped by id, read until `done` says so or `timeout` passes.
+pub type ById = std::collections::BTreeMap<String, Vec<Value>>;
+
+pub async fn collect_alerts(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&ById) -> bool,
+) -> ById {
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    let mut by_id = ById::new();
+    let deadline = Instant::now() + timeout;
+    while !done(&by_id) && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
+            let a = alerts(Format::Json, &[m.detach()]).remove(0);
+            by_id
+                .entry(a["alert_id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(a);
+        }
+    }
+    by_id
+}
+
+/// How many distinct OPEN alerts were read.
+pub fn opens(by_id: &ById) -> usize {
+    by_id.values().filter(|v| v[0]["status"] == "OPEN").count()
+}
