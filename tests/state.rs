@@ -62,9 +62,9 @@ async fn restart_restores_state_and_matches_one_uninterrupted_run() {
     let (_, view) = svc.get("/customers/cust-7").await;
     let view: serde_json::Value = serde_json::from_str(&view).unwrap();
     assert_eq!(
-        view["recent_touchpoints"].as_array().unwrap().len(),
-        3,
-        "restored before any input"
+        view["recent_touchpoints"].as_array().map(Vec::len),
+        Some(3),
+        "restored before any input: {view}"
     );
     produce(&brokers, &t.input, &keyed(&after)).await;
     let got = alerts(
@@ -81,7 +81,6 @@ async fn restart_restores_state_and_matches_one_uninterrupted_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (about 1 run in 3): the joining instance restores far fewer customers than the killed one held and some high_effort alerts are missing; under investigation, see the issue notes. Run with --ignored."]
 async fn three_instances_one_killed_one_joining_state_moves_with_partitions() {
     let Some(brokers) = brokers() else { return };
     let t = topics(&brokers, 6).await;

@@ -7,8 +7,9 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -94,11 +95,16 @@ fn is_consumer_only(key: &str) -> bool {
         )
 }
 
+/// How long a revoke waits for the producer's queue to drain.
+const REVOKE_FLUSH: Duration = Duration::from_secs(10);
+
 /// The consumer's context: forwards rebalances to the pipeline and lag to the metrics.
 pub struct SentinelContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) input_topic: String,
     pub(crate) events: UnboundedSender<RebalanceEvent>,
+    /// The pipeline's producer, flushed before partitions are given up.
+    pub(crate) producer: Mutex<Option<FutureProducer>>,
 }
 
 impl ClientContext for SentinelContext {
@@ -135,6 +141,14 @@ impl ConsumerContext for SentinelContext {
                 .rebalances
                 .with_label_values(&["revoke"])
                 .inc();
+            // Everything already enqueued (alerts, changelog records) reaches the broker before
+            // the partitions go, so their next owner restores a changelog that has it.
+            let producer = self.producer.lock().ok().and_then(|p| p.clone());
+            if let Some(producer) = producer
+                && let Err(e) = producer.flush(REVOKE_FLUSH)
+            {
+                tracing::warn!(error = %e, "producer not drained before the revoke; the next owner reprocesses");
+            }
             let _ = self.events.send(RebalanceEvent::Revoked(parts));
         }
     }

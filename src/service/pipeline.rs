@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn now_ms() -> Millis {
@@ -49,20 +49,31 @@ struct Part {
     next_batch: u64,
 }
 
-/// The state changes one `push` made, held back until that push's alerts are acknowledged, so
-/// the changelog never runs ahead of the alerts (a restored state never hides an unsent alert).
+/// The state changes of the records pushed while it was open (Kafka Streams' record cache, one
+/// per partition): written only after every alert those records caused is acknowledged, so the
+/// changelog never runs ahead of the alerts (a restored state never hides an unsent alert). A
+/// customer changed many times in one batch is written once.
 struct Batch {
     id: u64,
-    /// The pushed record; changelog sends hold it unfinished until acknowledged.
-    owner: i64,
+    /// Sealed on the commit tick, when it grows to [`MAX_BATCH_CUSTOMERS`], or on shutdown; only
+    /// the newest batch of a partition is ever open.
+    sealed: bool,
+    opened: Instant,
     alerts_unacked: usize,
     changelog_unacked: usize,
     sent: bool,
-    /// (customer, value or tombstone, last input offset applied to it or -1).
+    /// While open: changed customers → the last input offset applied to them (-1 for changes no
+    /// record made: a timer, an eviction, shedding).
+    staged: HashMap<Arc<str>, i64>,
+    /// Filled when sealed: (customer, state or tombstone, last input offset applied to it).
     records: Vec<(Arc<str>, Option<Vec<u8>>, i64)>,
     /// Applied records that stay unfinished until this batch's changelog is acknowledged.
     holders: Vec<i64>,
 }
+
+/// A batch is sealed once it holds this many customers even before the commit tick, to bound
+/// the memory and the burst of one flush.
+const MAX_BATCH_CUSTOMERS: usize = 10_000;
 
 impl Part {
     fn hold(&mut self, offset: i64) {
@@ -82,6 +93,55 @@ impl Part {
     fn committable(&self) -> i64 {
         self.pending.keys().next().copied().unwrap_or(self.next)
     }
+
+    /// The id of the open batch, opening one if the newest is sealed.
+    fn open_batch(&mut self, now: Instant) -> u64 {
+        match self.batches.back() {
+            Some(b) if !b.sealed => b.id,
+            _ => {
+                let id = self.next_batch;
+                self.next_batch += 1;
+                self.batches.push_back(Batch {
+                    id,
+                    sealed: false,
+                    opened: now,
+                    alerts_unacked: 0,
+                    changelog_unacked: 0,
+                    sent: false,
+                    staged: HashMap::new(),
+                    records: Vec::new(),
+                    holders: Vec::new(),
+                });
+                id
+            }
+        }
+    }
+
+    /// Seals the open batch: the state of each customer it changed, as of now, becomes its
+    /// changelog record (a tombstone if the customer is gone).
+    fn seal(&mut self) {
+        let Some(b) = self.batches.back_mut().filter(|b| !b.sealed) else {
+            return;
+        };
+        b.sealed = true;
+        b.records = b
+            .staged
+            .drain()
+            .map(|(customer, offset)| {
+                let mut value = Vec::new();
+                let value = self.engine.snapshot(&customer, &mut value).then_some(value);
+                (customer, value, offset)
+            })
+            .collect();
+        b.staged = HashMap::new();
+    }
+
+    /// Whether the open batch is due to be sealed.
+    fn seal_due(&self, now: Instant, interval: Duration) -> bool {
+        self.batches.back().is_some_and(|b| {
+            !b.sealed && (b.staged.len() >= MAX_BATCH_CUSTOMERS || now.duration_since(b.opened) >= interval)
+        })
+    }
 }
 
 /// What a delivery was for, to account for it when the broker answers.
@@ -99,12 +159,24 @@ enum Sent {
     },
 }
 
+/// One record to produce.
+struct Out<'a> {
+    topic: String,
+    key: &'a [u8],
+    payload: Option<&'a [u8]>,
+    headers: OwnedHeaders,
+    /// Explicit partition (the changelog is partitioned like the input); else the partitioner's.
+    partition: Option<i32>,
+}
+
 struct Done {
     partition: i32,
     /// Generation of the partition's state the send belongs to: a partition revoked and assigned
     /// again gets a new one, and late reports from the old one must not touch the new.
     epoch: u64,
-    offset: i64,
+    /// The input record it belongs to (alerts, dead letters); a changelog record's input records
+    /// are held by its batch instead.
+    offset: Option<i64>,
     sent: Sent,
     topic: String,
     result:
@@ -141,10 +213,12 @@ pub(super) async fn run(
         shared: shared.clone(),
         input_topic: config.kafka.input_topic.clone(),
         events: tx,
+        producer: Mutex::new(None),
     };
     let consumer: StreamConsumer<SentinelContext> =
         kafka::consumer_config(&config).create_with_context(context)?;
     let producer: FutureProducer = kafka::producer_config(&config).create()?;
+    *consumer.context().producer.lock().expect("not poisoned") = Some(producer.clone());
     let k = &config.kafka;
     let mut topics = vec![
         ("kafka.input_topic", k.input_topic.as_str()),
@@ -187,7 +261,10 @@ pub(super) async fn run(
         p.eos = true;
         p.start_transactions()?;
     }
+    // exactly_once commits a transaction on this tick; the changelog seals its open batches on it.
     let mut commits = tokio::time::interval(p.config.processing.commit_interval);
+    commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticking = p.eos || p.config.state.changelog;
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
@@ -195,9 +272,15 @@ pub(super) async fn run(
             biased;
             _ = &mut shutdown => break,
             Some(event) = rebalances.recv() => p.rebalance(event),
-            Some(done) = p.inflight.next(), if !p.inflight.is_empty() => p.delivered(done),
+            Some(done) = p.inflight.next(), if !p.inflight.is_empty() => p.delivered(done).await,
             _ = gauges.tick() => p.shared.refresh_state_gauges(),
-            _ = commits.tick(), if p.eos => p.commit_transaction().await,
+            _ = commits.tick(), if ticking => {
+                if p.eos {
+                    p.commit_transaction().await;
+                } else {
+                    p.flush_batches().await;
+                }
+            }
             msg = consumer.recv() => match msg {
                 Ok(msg) => p.process(&msg).await,
                 Err(e) => {
@@ -348,19 +431,10 @@ impl Pipeline {
                 let mut effects = std::mem::take(&mut self.effects);
                 part.stream.push(tp, offset as u64, now_ms(), &mut effects);
                 let batch = if self.config.state.changelog {
-                    let id = part.next_batch;
-                    part.next_batch += 1;
-                    part.batches.push_back(Batch {
-                        id,
-                        owner: offset,
-                        alerts_unacked: 0,
-                        changelog_unacked: 0,
-                        sent: false,
-                        records: Vec::new(),
-                        holders: Vec::new(),
-                    });
+                    // A second hold: released once the record is applied and its state change
+                    // is acknowledged in the changelog.
                     part.hold(offset);
-                    Some(id)
+                    Some(part.open_batch(started))
                 } else {
                     None
                 };
@@ -369,8 +443,13 @@ impl Pipeline {
                 }
                 self.effects = effects;
                 self.enforce_cap(partition, batch);
-                if let Some(id) = batch {
-                    self.batch_progress(partition, id);
+                if batch.is_some() {
+                    let interval = self.config.processing.commit_interval;
+                    let part = self.parts.get_mut(&partition).expect("part exists");
+                    if part.seal_due(started, interval) {
+                        part.seal();
+                        self.batch_progress(partition).await;
+                    }
                     self.finish(partition, offset);
                 }
             }
@@ -420,8 +499,8 @@ impl Pipeline {
             cap,
             "customer cap reached: dropped the least recently active customers without an open case"
         );
-        if let Some(b) = self.batch_mut(partition, batch) {
-            b.records.extend(keys.into_iter().map(|k| (k, None, -1)));
+        for key in keys {
+            self.stage(partition, batch, key, -1);
         }
     }
 
@@ -435,22 +514,24 @@ impl Pipeline {
             .find(|b| b.id == id)
     }
 
-    /// Records `customer`'s current state (or its removal) in the batch.
+    /// Marks `customer` as changed in the open batch: its state (or removal) is written when the
+    /// batch is sealed.
     fn stage(&mut self, partition: i32, batch: Option<u64>, customer: Arc<str>, offset: i64) {
-        let Some(engine) = self.parts.get(&partition).map(|p| p.engine.clone()) else {
-            return;
-        };
-        let Some(b) = self.batch_mut(partition, batch) else {
-            return;
-        };
-        let mut value = Vec::new();
-        let value = engine.snapshot(&customer, &mut value).then_some(value);
-        match b.records.iter_mut().find(|r| r.0 == customer) {
-            Some(r) => {
-                r.1 = value;
-                r.2 = r.2.max(offset);
+        if let Some(b) = self.batch_mut(partition, batch) {
+            let last = b.staged.entry(customer).or_insert(offset);
+            *last = (*last).max(offset);
+        }
+    }
+
+    /// Seals every open batch and sends what may be sent: on the commit tick, before a
+    /// transaction commits, and on shutdown.
+    async fn flush_batches(&mut self) {
+        let partitions: Vec<i32> = self.parts.keys().copied().collect();
+        for partition in partitions {
+            if let Some(part) = self.parts.get_mut(&partition) {
+                part.seal();
             }
-            None => b.records.push((customer, value, offset)),
+            self.batch_progress(partition).await;
         }
     }
 
@@ -477,17 +558,14 @@ impl Pipeline {
                     batch,
                 };
                 let payload = std::mem::take(&mut self.buf);
-                let topic = self.config.kafka.alert_topic.clone();
-                self.send(
-                    partition,
-                    owner,
-                    sent,
-                    topic,
-                    alert.customer_id.as_bytes(),
-                    &payload,
-                    OwnedHeaders::new(),
-                )
-                .await;
+                let out = Out {
+                    topic: self.config.kafka.alert_topic.clone(),
+                    key: alert.customer_id.as_bytes(),
+                    payload: Some(&payload),
+                    headers: OwnedHeaders::new(),
+                    partition: None,
+                };
+                self.send(partition, Some(owner), sent, out).await;
                 self.buf = payload;
             }
             Effect::Applied { seq, customer } => {
@@ -521,8 +599,8 @@ impl Pipeline {
             }
             Effect::Evicted { keys } => {
                 self.shared.metrics.evictions.inc_by(keys.len() as u64);
-                if let Some(b) = self.batch_mut(partition, batch) {
-                    b.records.extend(keys.into_iter().map(|k| (k, None, -1)));
+                for key in keys {
+                    self.stage(partition, batch, key, -1);
                 }
             }
         }
@@ -569,39 +647,41 @@ impl Pipeline {
                 value: Some(offset.as_str()),
             });
         self.shared.metrics.dead_letters.with_label_values(&[class]).inc();
-        let topic = self.config.kafka.dlq_topic.clone();
-        self.send(
-            msg.partition(),
-            msg.offset(),
-            Sent::DeadLetter,
-            topic,
-            msg.key().unwrap_or_default(),
-            msg.payload().unwrap_or_default(),
+        let out = Out {
+            topic: self.config.kafka.dlq_topic.clone(),
+            key: msg.key().unwrap_or_default(),
+            payload: msg.payload(),
             headers,
-        )
-        .await;
+            partition: None,
+        };
+        self.send(msg.partition(), Some(msg.offset()), Sent::DeadLetter, out)
+            .await;
     }
 
-    /// Enqueues a record; the owning input offset stays unfinished until the broker acknowledges it.
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &mut self,
-        partition: i32,
-        owner: i64,
-        sent: Sent,
-        topic: String,
-        key: &[u8],
-        payload: &[u8],
-        headers: OwnedHeaders,
-    ) {
+    /// Enqueues a record, waiting while the producer's queue is full (backpressure on the
+    /// input); `owner`, the input offset it belongs to, stays unfinished until the broker
+    /// acknowledges it. Every alert, dead letter and changelog record goes out through here.
+    async fn send(&mut self, partition: i32, owner: Option<i64>, sent: Sent, out: Out<'_>) {
         let epoch = self.parts.get(&partition).map_or(u64::MAX, |p| p.epoch);
-        if let Some(part) = self.parts.get_mut(&partition) {
+        if let Some(owner) = owner
+            && let Some(part) = self.parts.get_mut(&partition)
+        {
             part.hold(owner);
         }
-        let mut record = FutureRecord::to(&topic)
-            .key(key)
-            .payload(payload)
-            .headers(headers);
+        let Out {
+            topic,
+            key,
+            payload,
+            headers,
+            partition: to,
+        } = out;
+        let mut record = FutureRecord::to(&topic).key(key).headers(headers);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(p) = to {
+            record = record.partition(p);
+        }
         let future = loop {
             match self.producer.send_result(record) {
                 Ok(f) => break f,
@@ -634,7 +714,7 @@ impl Pipeline {
         }));
     }
 
-    fn delivered(&mut self, done: Done) {
+    async fn delivered(&mut self, done: Done) {
         let current = self
             .parts
             .get(&done.partition)
@@ -664,27 +744,25 @@ impl Pipeline {
                         let batch = *batch;
                         if let Some(b) = self.batch_mut(done.partition, batch) {
                             b.alerts_unacked -= 1;
-                        }
-                        if let Some(id) = batch {
-                            self.batch_progress(done.partition, id);
+                            if b.alerts_unacked == 0 && b.sealed {
+                                self.batch_progress(done.partition).await;
+                            }
                         }
                     }
                     Sent::Changelog { batch } => {
                         let batch = *batch;
-                        let finished = self.batch_mut(done.partition, Some(batch)).and_then(|b| {
+                        if let Some(b) = self.batch_mut(done.partition, Some(batch)) {
                             b.changelog_unacked -= 1;
-                            (b.changelog_unacked == 0).then(|| std::mem::take(&mut b.holders))
-                        });
-                        if let Some(holders) = finished {
-                            for h in holders {
-                                self.finish(done.partition, h);
+                            if b.changelog_unacked == 0 {
+                                self.batch_progress(done.partition).await;
                             }
-                            self.batch_progress(done.partition, batch);
                         }
                     }
                     Sent::DeadLetter => {}
                 }
-                self.finish(done.partition, done.offset);
+                if let Some(offset) = done.offset {
+                    self.finish(done.partition, offset);
+                }
             }
             Ok(Err((e, _))) if self.eos => {
                 // Inside a transaction a lost send cannot be patched up: abort and replay.
@@ -729,108 +807,56 @@ impl Pipeline {
         }
     }
 
-    /// Sends the changelog records of every batch at the head of the queue whose alerts are all
-    /// acknowledged, in order, and drops batches that are completely done.
-    fn batch_progress(&mut self, partition: i32, _touched: u64) {
+    /// Sends, in order, every sealed batch whose alerts are all acknowledged, stopping at the
+    /// first that is not (an older state must never overwrite a newer one); then drops the
+    /// completely written batches at the head and finishes their records.
+    async fn batch_progress(&mut self, partition: i32) {
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        for b in part.batches.iter_mut() {
+            // exactly_once needs no ordering: the transaction makes it all-or-nothing.
+            if !b.sealed || (b.alerts_unacked > 0 && !self.eos) {
+                break;
+            }
+            if !b.sent {
+                b.sent = true;
+                b.changelog_unacked = b.records.len();
+                ready.push((b.id, std::mem::take(&mut b.records)));
+            }
+        }
+        let topic = &self.config.state.changelog_topic;
+        let topic = topic.clone();
+        for (id, records) in ready {
+            for (customer, value, offset) in records {
+                let offset = offset.to_string();
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "cx.offset",
+                    value: Some(offset.as_str()),
+                });
+                let out = Out {
+                    topic: topic.clone(),
+                    key: customer.as_bytes(),
+                    payload: value.as_deref(),
+                    headers,
+                    partition: Some(partition),
+                };
+                self.send(partition, None, Sent::Changelog { batch: id }, out)
+                    .await;
+            }
+        }
         loop {
             let Some(part) = self.parts.get_mut(&partition) else {
                 return;
             };
-            let Some(head) = part.batches.front_mut() else {
-                return;
-            };
-            if !head.sent {
-                // exactly_once needs no ordering: the transaction makes it all-or-nothing.
-                if head.alerts_unacked > 0 && !self.eos {
-                    return;
-                }
-                head.sent = true;
-                let records = std::mem::take(&mut head.records);
-                let (id, owner) = (head.id, head.owner);
-                head.changelog_unacked = records.len();
-                if records.is_empty() {
-                    let holders = std::mem::take(&mut head.holders);
-                    for h in holders {
-                        self.finish(partition, h);
-                    }
-                } else {
-                    for (customer, value, offset) in records {
-                        self.send_changelog(partition, owner, id, &customer, value.as_deref(), offset);
-                    }
-                }
-                continue;
+            match part.batches.front() {
+                Some(head) if head.sent && head.changelog_unacked == 0 => {}
+                _ => return,
             }
-            if head.changelog_unacked == 0 && head.holders.is_empty() {
-                part.batches.pop_front();
-                continue;
-            }
-            return;
-        }
-    }
-
-    fn send_changelog(
-        &mut self,
-        partition: i32,
-        owner: i64,
-        batch: u64,
-        customer: &str,
-        value: Option<&[u8]>,
-        offset: i64,
-    ) {
-        let epoch = self.parts.get(&partition).map_or(u64::MAX, |p| p.epoch);
-        if let Some(part) = self.parts.get_mut(&partition) {
-            part.hold(owner);
-        }
-        let offset_text = offset.to_string();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "cx.offset",
-            value: Some(offset_text.as_str()),
-        });
-        let topic = self.config.state.changelog_topic.clone();
-        let mut record = FutureRecord::to(&topic)
-            .key(customer)
-            .partition(partition)
-            .headers(headers);
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        let sent = Sent::Changelog { batch };
-        match self.producer.send_result(record) {
-            Ok(future) => self.inflight.push(Box::pin(async move {
-                Done {
-                    partition,
-                    epoch,
-                    offset: owner,
-                    sent,
-                    topic,
-                    result: future.await,
-                }
-            })),
-            Err((e, r)) => {
-                // Queue full or similar: fall back to the awaiting send in a task of its own.
-                tracing::debug!(error = %e, "changelog enqueue deferred");
-                let producer = self.producer.clone();
-                let key = customer.to_string();
-                let payload = r.payload.map(|p| p.to_vec());
-                let headers = r.headers.clone();
-                self.inflight.push(Box::pin(async move {
-                    let mut record = FutureRecord::to(&topic).key(&key).partition(partition);
-                    if let Some(h) = headers {
-                        record = record.headers(h);
-                    }
-                    if let Some(p) = &payload {
-                        record = record.payload(p);
-                    }
-                    let result = producer.send(record, Duration::from_secs(60)).await;
-                    Done {
-                        partition,
-                        epoch,
-                        offset: owner,
-                        sent,
-                        topic,
-                        result: Ok(result),
-                    }
-                }));
+            let head = part.batches.pop_front().expect("checked above");
+            for h in head.holders {
+                self.finish(partition, h);
             }
         }
     }
@@ -869,8 +895,9 @@ impl Pipeline {
         if !self.dirty && self.inflight.is_empty() {
             return;
         }
+        self.flush_batches().await;
         while let Some(done) = self.inflight.next().await {
-            self.delivered(done);
+            self.delivered(done).await;
         }
         if self.txn_failed {
             self.recover("delivery failed", false).await;
@@ -924,7 +951,12 @@ impl Pipeline {
         loop {
             if !aborted {
                 match kafka::producer_config(&self.config).create::<FutureProducer>() {
-                    Ok(p) => self.producer = p,
+                    Ok(p) => {
+                        if let Ok(mut slot) = self.consumer.context().producer.lock() {
+                            *slot = Some(p.clone());
+                        }
+                        self.producer = p;
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot recreate the transactional producer"),
                 }
             }
@@ -981,13 +1013,16 @@ impl Pipeline {
 
     async fn shutdown(mut self) {
         let deadline = self.config.service.shutdown_timeout;
+        if !self.eos {
+            self.flush_batches().await;
+        }
         tracing::info!(
             inflight = self.inflight.len(),
             "shutting down: draining deliveries"
         );
         let drained = tokio::time::timeout(deadline, async {
             while let Some(done) = self.inflight.next().await {
-                self.delivered(done);
+                self.delivered(done).await;
             }
         })
         .await;

@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -15,6 +16,11 @@ const STALL: Duration = Duration::from_secs(30);
 
 /// Reads changelog partition `partition` from the beginning to its end into `engine`. Returns,
 /// per restored customer, the last input offset its state includes (from the `cx.offset` header).
+///
+/// The end is the first partition-EOF at or past the high watermark listed at the start. The
+/// listed watermark alone is not enough: tansu 0.6 answers ListOffsets with the base offset of
+/// the last record batch plus one, so a restore that stopped there would miss the rest of a
+/// batch of several changelog records.
 pub fn restore_partition(
     config: &Config,
     partition: i32,
@@ -26,7 +32,8 @@ pub fn restore_partition(
     cc.set("bootstrap.servers", &config.kafka.brokers)
         .set("group.id", format!("{}-restore", config.kafka.group_id))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        // The end is where a fetch finds nothing more (see below), not the listed high watermark.
+        .set("enable.partition.eof", "true")
         // Changelog writes of aborted transactions (exactly_once) must not come back.
         .set("isolation.level", "read_committed")
         // Restore reads one partition flat out: large fetches, a deep local queue.
@@ -53,7 +60,7 @@ pub fn restore_partition(
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let mut last_progress = Instant::now();
     let mut position = low;
-    while position < high {
+    loop {
         match consumer.poll(Duration::from_millis(200)) {
             None => {
                 if last_progress.elapsed() > STALL {
@@ -62,6 +69,8 @@ pub fn restore_partition(
                     ));
                 }
             }
+            Some(Err(KafkaError::PartitionEOF(_))) if position >= high => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => return Err(format!("changelog '{topic}' partition {partition}: {e}")),
             Some(Ok(m)) => {
                 last_progress = Instant::now();

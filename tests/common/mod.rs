@@ -221,7 +221,14 @@ pub struct Running {
     task: tokio::task::JoinHandle<Result<(), cx_sentinel::service::ServiceError>>,
 }
 
+/// Starts the service in this process. `CX_TEST_LOG=<filter>` shows its log (captured per test).
 pub async fn start(config: Config) -> Running {
+    if let Ok(filter) = std::env::var("CX_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(cx_sentinel::service::run(
