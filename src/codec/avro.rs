@@ -1,4 +1,8 @@
 //! Avro forms of both contracts (`schemas/*.avsc`), Confluent framing, and object container files.
+//!
+//! Touchpoints are read on the hot path by a hand-written decoder ([`read_touchpoint_datum`])
+//! whenever the writer schema is ours; [`WriterSchema`] decides that once per schema. Any other
+//! writer (an older or newer version) goes through apache-avro `Value`s and schema resolution.
 
 use super::{DecodeError, validate};
 use crate::model::{
@@ -54,15 +58,109 @@ pub fn confluent_unframe(bytes: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
 }
 
 /// Decodes a bare datum written with `writer` (resolved to our schema if it differs) and validates it.
+///
+/// Decides per call how to read `writer`'s datums: free when `writer` is [`touchpoint_schema`]
+/// itself, a deep schema comparison otherwise. Hot paths hold a [`WriterSchema`] instead.
 pub fn decode_touchpoint(
     datum: &[u8],
     writer: &Schema,
     is_sensitive: &dyn Fn(&str) -> bool,
 ) -> Result<Touchpoint, DecodeError> {
+    if std::ptr::eq(writer, touchpoint_schema()) {
+        return WriterSchema::ours().decode(datum, is_sensitive);
+    }
+    let resolve = writer != touchpoint_schema();
+    validate(read_touchpoint_value(datum, writer, resolve)?, is_sensitive)
+}
+
+/// A writer schema with the decision, taken once, of how its datums become touchpoints: the
+/// hand-written [`read_touchpoint_datum`] when it writes exactly what we read, the generic
+/// apache-avro path (resolving to our schema) otherwise.
+#[derive(Debug, Clone)]
+pub struct WriterSchema {
+    schema: Schema,
+    path: ReadPath,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadPath {
+    /// Same parsing canonical form and logical types as ours: [`read_touchpoint_datum`].
+    Fast,
+    /// apache-avro `Value`s; `resolve` when the library's schema equality says the writer differs.
+    Generic { resolve: bool },
+}
+
+static OUR_WRITER: LazyLock<WriterSchema> = LazyLock::new(|| WriterSchema::new(touchpoint_schema().clone()));
+
+impl WriterSchema {
+    /// Compares `schema` with ours (canonical form and logical types) once.
+    pub fn new(schema: Schema) -> Self {
+        let ours = touchpoint_schema();
+        let path = if *FAST_DECODER_FITS
+            && schema.canonical_form() == FAST_DECODER_PCF
+            && same_logical_types(&schema, ours)
+        {
+            ReadPath::Fast
+        } else {
+            ReadPath::Generic {
+                resolve: schema != *ours,
+            }
+        };
+        Self { schema, path }
+    }
+
+    /// Our own schema, for bare `avro` input and Confluent ids accepted without a registry.
+    pub fn ours() -> &'static WriterSchema {
+        &OUR_WRITER
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Whether datums are read by the hand-written decoder.
+    pub fn is_fast(&self) -> bool {
+        self.path == ReadPath::Fast
+    }
+
+    /// One datum to a touchpoint, without validation.
+    pub fn read(&self, datum: &[u8]) -> Result<Touchpoint, DecodeError> {
+        match self.path {
+            ReadPath::Fast => read_touchpoint_datum(datum),
+            ReadPath::Generic { resolve } => read_touchpoint_value(datum, &self.schema, resolve),
+        }
+    }
+
+    /// One datum to a validated touchpoint.
+    pub fn decode(
+        &self,
+        datum: &[u8],
+        is_sensitive: &dyn Fn(&str) -> bool,
+    ) -> Result<Touchpoint, DecodeError> {
+        validate(self.read(datum)?, is_sensitive)
+    }
+}
+
+/// Largest single allocation apache-avro may make for one string, byte array or collection
+/// while decoding: a crafted length prefix must become an error, not a 512 MiB allocation
+/// (apache-avro's default). No touchpoint or alert comes near it.
+pub const MAX_AVRO_ALLOCATION: usize = 16 << 20;
+
+/// Caps apache-avro's allocations at [`MAX_AVRO_ALLOCATION`] (process-wide, first call wins).
+pub fn limit_allocations() {
+    apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION);
+}
+
+/// The generic path: apache-avro decodes `datum` with `writer` into a `Value` (resolved to our
+/// schema when `resolve`), which becomes a touchpoint. No validation.
+pub fn read_touchpoint_value(
+    datum: &[u8],
+    writer: &Schema,
+    resolve: bool,
+) -> Result<Touchpoint, DecodeError> {
+    limit_allocations();
     let mut reader = datum;
-    let reader_schema = touchpoint_schema();
-    let resolve = (writer != reader_schema).then_some(reader_schema);
-    let value = apache_avro::from_avro_datum(writer, &mut reader, resolve)
+    let value = apache_avro::from_avro_datum(writer, &mut reader, resolve.then(touchpoint_schema))
         .map_err(|e| DecodeError::Avro(e.to_string()))?;
     if !reader.is_empty() {
         return Err(DecodeError::Avro(format!(
@@ -70,7 +168,286 @@ pub fn decode_touchpoint(
             reader.len()
         )));
     }
-    validate(touchpoint_from_value(value)?, is_sensitive)
+    touchpoint_from_value(value)
+}
+
+/// Parsing canonical form of the schema [`read_touchpoint_datum`] is written for. Should
+/// `schemas/touchpoint.avsc` change shape, no writer matches it any more (every datum takes the
+/// generic path) and the unit test `fast_decoder_fits_bundled_schema` fails until the decoder
+/// is brought up to date.
+const FAST_DECODER_PCF: &str = concat!(
+    r#"{"name":"cx.sentinel.v1.Touchpoint","type":"record","fields":[{"name":"event_id","type":"string"},"#,
+    r#"{"name":"customer_id","type":"string"},"#,
+    r#"{"name":"occurred_at","type":{"type":"long"}},"#,
+    r#"{"name":"channel","type":{"name":"cx.sentinel.v1.Channel","type":"enum","symbols":["WEB","MOBILE_APP","EMAIL","SMS","VOICE","CHAT","STORE","SOCIAL","OTHER"]}},"#,
+    r#"{"name":"kind","type":{"name":"cx.sentinel.v1.TouchpointKind","type":"enum","symbols":["INTERACTION","ENGAGEMENT"]}},"#,
+    r#"{"name":"direction","type":{"name":"cx.sentinel.v1.Direction","type":"enum","symbols":["INBOUND","OUTBOUND"]}},"#,
+    r#"{"name":"journey","type":"string"},"#,
+    r#"{"name":"touchpoint","type":"string"},"#,
+    r#"{"name":"outcome","type":{"name":"cx.sentinel.v1.Outcome","type":"enum","symbols":["SUCCESS","FAILURE","ABANDONED","ESCALATED","PENDING","UNKNOWN"]}},"#,
+    r#"{"name":"sentiment","type":["null","double"]},"#,
+    r#"{"name":"customer_tier","type":["null","string"]},"#,
+    r#"{"name":"agent_id","type":["null","string"]},"#,
+    r#"{"name":"attributes","type":{"type":"map","values":"string"}}]}"#,
+);
+
+/// Our schema is the one the decoder is written for, and the model's enums list its symbols in
+/// its order (the decoder maps enum indexes through `ALL`). Checked once.
+static FAST_DECODER_FITS: LazyLock<bool> = LazyLock::new(|| {
+    let ours = touchpoint_schema();
+    ours.canonical_form() == FAST_DECODER_PCF
+        && enum_symbols(ours, "channel") == Some(symbols(Channel::ALL, |s| s.as_str()))
+        && enum_symbols(ours, "kind") == Some(symbols(TouchpointKind::ALL, |s| s.as_str()))
+        && enum_symbols(ours, "direction") == Some(symbols(Direction::ALL, |s| s.as_str()))
+        && enum_symbols(ours, "outcome") == Some(symbols(Outcome::ALL, |s| s.as_str()))
+});
+
+fn enum_symbols(record: &Schema, field: &str) -> Option<Vec<String>> {
+    let Schema::Record(r) = record else { return None };
+    match &r.fields.get(*r.lookup.get(field)?)?.schema {
+        Schema::Enum(e) => Some(e.symbols.clone()),
+        _ => None,
+    }
+}
+
+fn symbols<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<String> {
+    all.iter().map(|&s| name(s).to_string()).collect()
+}
+
+/// Whether two schemata of the same canonical form also agree on logical types, which that form
+/// strips: `timestamp-micros` is written like `timestamp-millis` but does not mean the same.
+fn same_logical_types(a: &Schema, b: &Schema) -> bool {
+    use apache_avro::schema::SchemaKind;
+    if SchemaKind::from(a) != SchemaKind::from(b) {
+        return false;
+    }
+    match (a, b) {
+        (Schema::Record(a), Schema::Record(b)) => {
+            a.fields.len() == b.fields.len()
+                && a.fields
+                    .iter()
+                    .zip(&b.fields)
+                    .all(|(f, g)| same_logical_types(&f.schema, &g.schema))
+        }
+        (Schema::Union(a), Schema::Union(b)) => {
+            a.variants().len() == b.variants().len()
+                && a.variants()
+                    .iter()
+                    .zip(b.variants())
+                    .all(|(x, y)| same_logical_types(x, y))
+        }
+        (Schema::Map(a), Schema::Map(b)) => same_logical_types(&a.types, &b.types),
+        (Schema::Array(a), Schema::Array(b)) => same_logical_types(&a.items, &b.items),
+        _ => true,
+    }
+}
+
+/// Reads one `Touchpoint` datum written with exactly our schema (see [`WriterSchema`]), straight
+/// into the model: one allocation per string, no `Value`s. No validation.
+///
+/// Accepts and rejects the same datums as the generic path, with one difference in wording:
+/// errors name the field and the byte offset. Every length is checked against the bytes left
+/// before anything is allocated.
+pub fn read_touchpoint_datum(datum: &[u8]) -> Result<Touchpoint, DecodeError> {
+    let mut r = DatumReader {
+        rest: datum,
+        len: datum.len(),
+    };
+    // Fields are evaluated in the order written, which is the schema's.
+    let tp = Touchpoint {
+        event_id: r.string("event_id")?,
+        customer_id: r.string("customer_id")?,
+        occurred_at: r.long("occurred_at")?,
+        channel: r.symbol("channel", Channel::ALL)?,
+        kind: r.symbol("kind", TouchpointKind::ALL)?,
+        direction: r.symbol("direction", Direction::ALL)?,
+        journey: r.string("journey")?,
+        touchpoint: r.string("touchpoint")?,
+        outcome: r.symbol("outcome", Outcome::ALL)?,
+        sentiment: match r.nullable("sentiment")? {
+            true => Some(r.double("sentiment")?),
+            false => None,
+        },
+        customer_tier: r.opt_string("customer_tier")?,
+        agent_id: r.opt_string("agent_id")?,
+        attributes: r.string_map("attributes")?,
+    };
+    if !r.rest.is_empty() {
+        return Err(avro_err(format!(
+            "{} trailing bytes after the datum",
+            r.rest.len()
+        )));
+    }
+    Ok(tp)
+}
+
+/// Longest varint a 64-bit long takes.
+const MAX_VARINT_BYTES: usize = 10;
+
+/// A cursor over one datum; `rest` only ever shrinks.
+struct DatumReader<'a> {
+    rest: &'a [u8],
+    len: usize,
+}
+
+impl<'a> DatumReader<'a> {
+    /// Where the cursor is in the datum.
+    fn offset(&self) -> usize {
+        self.len - self.rest.len()
+    }
+
+    /// A malformed value of `field` that starts at byte `at`.
+    #[cold]
+    #[inline(never)]
+    fn error(field: &str, at: usize, problem: std::fmt::Arguments<'_>) -> DecodeError {
+        DecodeError::Avro(format!("field `{field}` at byte {at}: {problem}"))
+    }
+
+    /// A zig-zag varint long. Like apache-avro (and the Java reader), bits beyond 64 in a tenth
+    /// byte are dropped; an eleventh byte is an error.
+    #[inline]
+    fn long(&mut self, field: &str) -> Result<i64, DecodeError> {
+        let mut n = 0u64;
+        for (i, &byte) in self.rest.iter().take(MAX_VARINT_BYTES).enumerate() {
+            n |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                self.rest = &self.rest[i + 1..];
+                return Ok(((n >> 1) as i64) ^ -((n & 1) as i64));
+            }
+        }
+        let at = self.offset();
+        Err(if self.rest.len() < MAX_VARINT_BYTES {
+            Self::error(
+                field,
+                at,
+                format_args!("truncated: the datum ends inside a varint"),
+            )
+        } else {
+            Self::error(
+                field,
+                at,
+                format_args!("bad varint: longer than {MAX_VARINT_BYTES} bytes"),
+            )
+        })
+    }
+
+    /// A length-prefixed UTF-8 string, borrowed from the datum.
+    #[inline]
+    fn str(&mut self, field: &str) -> Result<&'a str, DecodeError> {
+        let at = self.offset();
+        let len = self.long(field)?;
+        let Some(bytes) = usize::try_from(len).ok().and_then(|n| self.rest.get(..n)) else {
+            return Err(if len < 0 {
+                Self::error(field, at, format_args!("negative string length {len}"))
+            } else {
+                Self::error(
+                    field,
+                    at,
+                    format_args!(
+                        "string length {len} exceeds the {} bytes left (truncated or corrupt)",
+                        self.rest.len()
+                    ),
+                )
+            });
+        };
+        let s = std::str::from_utf8(bytes)
+            .map_err(|e| Self::error(field, at, format_args!("invalid UTF-8 in string: {e}")))?;
+        self.rest = &self.rest[bytes.len()..];
+        Ok(s)
+    }
+
+    #[inline]
+    fn string(&mut self, field: &str) -> Result<String, DecodeError> {
+        self.str(field).map(str::to_owned)
+    }
+
+    /// An enum index into `symbols` (in schema order).
+    #[inline]
+    fn symbol<T: Copy>(&mut self, field: &str, symbols: &[T]) -> Result<T, DecodeError> {
+        let at = self.offset();
+        let index = self.long(field)?;
+        match usize::try_from(index).ok().and_then(|i| symbols.get(i)) {
+            Some(s) => Ok(*s),
+            None => Err(Self::error(
+                field,
+                at,
+                format_args!("bad enum index {index}: the enum has {} symbols", symbols.len()),
+            )),
+        }
+    }
+
+    /// The branch of a `["null", T]` union: `false` for null, `true` for `T`.
+    #[inline]
+    fn nullable(&mut self, field: &str) -> Result<bool, DecodeError> {
+        let at = self.offset();
+        match self.long(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            i => Err(Self::error(
+                field,
+                at,
+                format_args!("bad union index {i}: the union has 2 branches"),
+            )),
+        }
+    }
+
+    #[inline]
+    fn opt_string(&mut self, field: &str) -> Result<Option<String>, DecodeError> {
+        Ok(match self.nullable(field)? {
+            true => Some(self.string(field)?),
+            false => None,
+        })
+    }
+
+    /// A little-endian IEEE 754 double.
+    #[inline]
+    fn double(&mut self, field: &str) -> Result<f64, DecodeError> {
+        let at = self.offset();
+        match self.rest.split_first_chunk::<8>() {
+            Some((bytes, rest)) => {
+                self.rest = rest;
+                Ok(f64::from_le_bytes(*bytes))
+            }
+            None => Err(Self::error(
+                field,
+                at,
+                format_args!("truncated: a double takes 8 bytes, {} left", self.rest.len()),
+            )),
+        }
+    }
+
+    /// A map of strings: blocks of `count` entries up to a block of 0. A negative count is
+    /// followed by the block's size in bytes, which (like apache-avro) we read and do not need.
+    fn string_map(&mut self, field: &str) -> Result<BTreeMap<String, String>, DecodeError> {
+        let mut map = BTreeMap::new();
+        loop {
+            let at = self.offset();
+            let count = match self.long(field)? {
+                0 => return Ok(map),
+                n if n < 0 => {
+                    self.long(field)?;
+                    n.unsigned_abs()
+                }
+                n => n.unsigned_abs(),
+            };
+            // An entry is two strings, each at least its one-byte length.
+            if count > (self.rest.len() / 2) as u64 {
+                return Err(Self::error(
+                    field,
+                    at,
+                    format_args!(
+                        "map block of {count} entries cannot fit in the {} bytes left (truncated or corrupt)",
+                        self.rest.len()
+                    ),
+                ));
+            }
+            for _ in 0..count {
+                let key = self.string(field)?;
+                let value = self.string(field)?;
+                map.insert(key, value);
+            }
+        }
+    }
 }
 
 fn avro_err(msg: impl Into<String>) -> DecodeError {
@@ -320,6 +697,7 @@ pub fn encode_alert(a: &RecoveryAlert, out: &mut Vec<u8>) {
 
 /// Reads an alert datum back (tests, tools, the demo's consumer).
 pub fn decode_alert(datum: &[u8]) -> Result<RecoveryAlert, DecodeError> {
+    limit_allocations();
     let mut reader = datum;
     let value = apache_avro::from_avro_datum(alert_schema(), &mut reader, None)
         .map_err(|e| avro_err(e.to_string()))?;
@@ -384,6 +762,7 @@ pub fn alert_from_value(value: Value) -> Result<RecoveryAlert, DecodeError> {
 pub fn read_container<R: std::io::Read>(
     input: R,
 ) -> Result<impl Iterator<Item = Result<Touchpoint, DecodeError>>, DecodeError> {
+    limit_allocations();
     let reader =
         apache_avro::Reader::with_schema(touchpoint_schema(), input).map_err(|e| avro_err(e.to_string()))?;
     Ok(reader.map(|r| {
@@ -490,5 +869,257 @@ mod tests {
         assert_eq!(confluent_unframe(b"\x00ab").unwrap_err().class(), "framing");
         let e = decode_touchpoint(b"\x02\xff", touchpoint_schema(), &|_| false).unwrap_err();
         assert_eq!(e.class(), "avro");
+    }
+
+    /// Hand-built datums for the malformed cases.
+    #[derive(Default)]
+    struct Bytes(Vec<u8>);
+
+    impl Bytes {
+        fn long(mut self, n: i64) -> Self {
+            let mut z = ((n << 1) ^ (n >> 63)) as u64;
+            while z >= 0x80 {
+                self.0.push((z as u8) | 0x80);
+                z >>= 7;
+            }
+            self.0.push(z as u8);
+            self
+        }
+        fn raw(mut self, b: &[u8]) -> Self {
+            self.0.extend_from_slice(b);
+            self
+        }
+        fn str(self, s: &str) -> Self {
+            self.long(s.len() as i64).raw(s.as_bytes())
+        }
+        /// A valid datum of `sample()` up to, not including, `field`.
+        fn valid_until(field: &str) -> Self {
+            let mut b = Bytes::default();
+            for (name, write) in [
+                ("event_id", (|b: Bytes| b.str("e-1")) as fn(Bytes) -> Bytes),
+                ("customer_id", |b| b.str("c-1")),
+                ("occurred_at", |b| b.long(1_772_359_200_000)),
+                ("channel", |b| b.long(1)),
+                ("kind", |b| b.long(0)),
+                ("direction", |b| b.long(0)),
+                ("journey", |b| b.str("billing")),
+                ("touchpoint", |b| b.str("payment.transfer")),
+                ("outcome", |b| b.long(1)),
+                ("sentiment", |b| b.long(1).raw(&(-0.75f64).to_le_bytes())),
+                ("customer_tier", |b| b.long(1).str("vip")),
+                ("agent_id", |b| b.long(0)),
+                ("attributes", |b| b.long(1).str("order").str("42").long(0)),
+            ] {
+                if name == field {
+                    return b;
+                }
+                b = write(b);
+            }
+            b
+        }
+    }
+
+    /// Both paths reject `datum`; returns the fast path's message.
+    fn both_reject(datum: &[u8]) -> String {
+        let generic = read_touchpoint_value(datum, touchpoint_schema(), false);
+        assert!(
+            generic.is_err(),
+            "the generic path accepts {datum:?}: {generic:?}"
+        );
+        match read_touchpoint_datum(datum) {
+            Err(DecodeError::Avro(m)) => m,
+            other => panic!("fast path on {datum:?}: expected an Avro error, got {other:?}"),
+        }
+    }
+
+    fn assert_rejects(datum: &[u8], expected: &[&str]) {
+        let message = both_reject(datum);
+        for e in expected {
+            assert!(message.contains(e), "{message:?} does not mention {e:?}");
+        }
+    }
+
+    #[test]
+    fn generic_path_refuses_huge_length_prefixes_before_allocating() {
+        // event_id claims 100 MiB: an error naming the cap, not a 100 MiB allocation.
+        let datum = Bytes::default().long(100 << 20).raw(b"abc").0;
+        match read_touchpoint_value(&datum, touchpoint_schema(), false) {
+            Err(DecodeError::Avro(m)) => assert!(m.contains(&MAX_AVRO_ALLOCATION.to_string()), "{m}"),
+            other => panic!("expected an allocation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fast_decoder_fits_bundled_schema() {
+        assert_eq!(touchpoint_schema().canonical_form(), FAST_DECODER_PCF);
+        assert!(
+            *FAST_DECODER_FITS,
+            "the model's enums list the schema's symbols in order"
+        );
+        assert!(WriterSchema::ours().is_fast());
+        let whole = Bytes::valid_until("end").0;
+        assert_eq!(
+            whole,
+            encode_touchpoint(&sample()),
+            "the test builder writes what apache-avro writes"
+        );
+        assert_eq!(read_touchpoint_datum(&whole).unwrap(), sample());
+    }
+
+    #[test]
+    fn fast_path_is_chosen_once_per_writer_schema() {
+        // Same canonical form (docs, defaults and layout differ): fast.
+        let mut json: serde_json::Value = serde_json::from_str(TOUCHPOINT_SCHEMA_TEXT).unwrap();
+        json["doc"] = "reworded".into();
+        json["fields"][9]["doc"] = "no doc".into();
+        json["fields"][3]["type"]["default"] = "WEB".into();
+        let reworded = WriterSchema::new(Schema::parse_str(&json.to_string()).unwrap());
+        assert!(reworded.is_fast());
+        assert_eq!(
+            reworded
+                .decode(&encode_touchpoint(&sample()), &|_| false)
+                .unwrap(),
+            sample()
+        );
+
+        // Same canonical form, other logical type: generic (which rejects it, as before).
+        let mut micros = json.clone();
+        micros["fields"][2]["type"]["logicalType"] = "timestamp-micros".into();
+        let micros = WriterSchema::new(Schema::parse_str(&micros.to_string()).unwrap());
+        assert_eq!(micros.schema().canonical_form(), FAST_DECODER_PCF);
+        assert!(!micros.is_fast());
+        assert!(micros.read(&encode_touchpoint(&sample())).is_err());
+
+        // A renamed field, an appended enum symbol: generic.
+        let mut renamed = json.clone();
+        renamed["fields"][7]["name"] = "touch_point".into();
+        assert!(!WriterSchema::new(Schema::parse_str(&renamed.to_string()).unwrap()).is_fast());
+        let mut appended = json.clone();
+        appended["fields"][3]["type"]["symbols"]
+            .as_array_mut()
+            .unwrap()
+            .push("FAX".into());
+        let appended = WriterSchema::new(Schema::parse_str(&appended.to_string()).unwrap());
+        assert!(!appended.is_fast());
+        assert_eq!(
+            appended
+                .decode(&encode_touchpoint(&sample()), &|_| false)
+                .unwrap(),
+            sample()
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let whole = encode_touchpoint(&sample());
+        for end in 0..whole.len() {
+            let message = both_reject(&whole[..end]);
+            assert!(message.contains("truncated"), "prefix of {end}: {message:?}");
+        }
+        assert_eq!(
+            both_reject(&whole[..10]),
+            "field `occurred_at` at byte 8: truncated: the datum ends inside a varint"
+        );
+    }
+
+    #[test]
+    fn malformed_datums_are_rejected_with_a_reason() {
+        let b = Bytes::valid_until;
+        assert_rejects(
+            &b("occurred_at").raw(&[0xff; 11]).0,
+            &["field `occurred_at`", "bad varint"],
+        );
+        assert_rejects(
+            &b("sentiment").long(2).0,
+            &["field `sentiment`", "bad union index 2"],
+        );
+        assert_rejects(
+            &b("agent_id").long(-1).0,
+            &["field `agent_id`", "bad union index -1"],
+        );
+        assert_rejects(
+            &b("channel").long(9).0,
+            &["field `channel`", "bad enum index 9", "9 symbols"],
+        );
+        assert_rejects(&b("kind").long(-1).0, &["field `kind`", "bad enum index -1"]);
+        assert_rejects(
+            &b("outcome").long(1 << 40).0,
+            &["field `outcome`", "bad enum index"],
+        );
+        assert_rejects(
+            &b("event_id").long(2).raw(&[0xc3, 0x28]).0,
+            &["field `event_id`", "invalid UTF-8"],
+        );
+        assert_rejects(
+            &b("attributes").long(1).long(1).raw(&[0xff]).str("v").long(0).0,
+            &["field `attributes`", "invalid UTF-8"],
+        );
+        assert_rejects(
+            &b("journey").long(-1).0,
+            &["field `journey`", "negative string length -1"],
+        );
+        assert_rejects(
+            &b("journey").long(i64::MAX).raw(&[b'x'; 64]).0,
+            &[
+                "field `journey`",
+                "string length 9223372036854775807 exceeds the 64 bytes left",
+            ],
+        );
+        assert_rejects(
+            &b("attributes").long(1 << 40).str("k").str("v").long(0).0,
+            &["cannot fit"],
+        );
+        assert_rejects(
+            &b("attributes").long(i64::MIN).long(4).str("k").str("v").long(0).0,
+            &["cannot fit"],
+        );
+        assert_rejects(
+            &b("sentiment").long(1).raw(&[0; 7]).0,
+            &["a double takes 8 bytes, 7 left"],
+        );
+        let mut trailing = encode_touchpoint(&sample());
+        trailing.push(0);
+        assert_eq!(both_reject(&trailing), "1 trailing bytes after the datum");
+        assert_eq!(
+            both_reject(&b("channel").long(9).0),
+            "field `channel` at byte 14: bad enum index 9: the enum has 9 symbols"
+        );
+    }
+
+    #[test]
+    fn map_blocks_negative_counts_and_duplicates_read_like_apache_avro() {
+        let attributes = |b: Bytes| {
+            b.long(-2)
+                .long(7)
+                .str("b")
+                .str("1")
+                .str("a")
+                .str("1")
+                .long(1)
+                .str("b")
+                .str("2")
+                .long(0)
+        };
+        let datum = attributes(Bytes::valid_until("attributes")).0;
+        let fast = read_touchpoint_datum(&datum).unwrap();
+        assert_eq!(
+            fast.attributes,
+            BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])
+        );
+        assert_eq!(
+            fast,
+            read_touchpoint_value(&datum, touchpoint_schema(), false).unwrap()
+        );
+        // The optional fields' null branches too.
+        let datum = Bytes::valid_until("sentiment").long(0).long(0).long(0).long(0).0;
+        let fast = read_touchpoint_datum(&datum).unwrap();
+        assert_eq!(
+            (fast.sentiment, &fast.customer_tier, &fast.agent_id),
+            (None, &None, &None)
+        );
+        assert_eq!(
+            fast,
+            read_touchpoint_value(&datum, touchpoint_schema(), false).unwrap()
+        );
     }
 }

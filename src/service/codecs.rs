@@ -1,13 +1,14 @@
 //! Record codecs as configured per topic: input decoding (with Schema Registry lookups) and
 //! alert encoding.
 
+use crate::codec::avro::WriterSchema;
 use crate::codec::{DecodeError, Format, avro, json};
 use crate::config::Config;
 use crate::model::{RecoveryAlert, Touchpoint};
 use apache_avro::Schema;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Why an input record could not be decoded.
@@ -97,7 +98,8 @@ pub struct InputDecoder {
     format: Format,
     accepted_ids: Vec<u32>,
     registry: Option<Registry>,
-    schemas: HashMap<u32, Arc<Schema>>,
+    /// Writer schemas by Confluent schema id, each compared with ours once, on first sight.
+    schemas: HashMap<u32, WriterSchema>,
 }
 
 impl InputDecoder {
@@ -122,42 +124,53 @@ impl InputDecoder {
     ) -> Result<Touchpoint, InputError> {
         match self.format {
             Format::Json => Ok(json::decode_touchpoint(payload, is_sensitive)?),
-            Format::Avro => Ok(avro::decode_touchpoint(
-                payload,
-                avro::touchpoint_schema(),
-                is_sensitive,
-            )?),
+            // Bare datums are written with the configured schema, which is ours.
+            Format::Avro => Ok(WriterSchema::ours().decode(payload, is_sensitive)?),
             Format::ConfluentAvro => {
                 let (id, datum) = avro::confluent_unframe(payload)?;
-                let schema = self.writer_schema(id)?;
-                Ok(avro::decode_touchpoint(datum, &schema, is_sensitive)?)
+                Ok(self.writer_schema(id)?.decode(datum, is_sensitive)?)
             }
         }
     }
 
-    fn writer_schema(&mut self, id: u32) -> Result<Arc<Schema>, InputError> {
-        if let Some(s) = self.schemas.get(&id) {
-            return Ok(s.clone());
+    /// The writer schema of `id`, fetched and compared with ours on first sight only.
+    fn writer_schema(&mut self, id: u32) -> Result<&WriterSchema, InputError> {
+        match self.schemas.entry(id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let schema = fetch_writer_schema(self.registry.as_ref(), &self.accepted_ids, id)?;
+                tracing::info!(
+                    schema_id = id,
+                    path = if schema.is_fast() { "fast" } else { "resolving" },
+                    "writer schema loaded"
+                );
+                Ok(e.insert(schema))
+            }
         }
-        let schema = match &self.registry {
-            None => {
-                if !self.accepted_ids.is_empty() && !self.accepted_ids.contains(&id) {
-                    return Err(DecodeError::UnknownSchema(id).into());
-                }
-                avro::touchpoint_schema().clone()
+    }
+}
+
+fn fetch_writer_schema(
+    registry: Option<&Registry>,
+    accepted_ids: &[u32],
+    id: u32,
+) -> Result<WriterSchema, InputError> {
+    match registry {
+        None => {
+            if !accepted_ids.is_empty() && !accepted_ids.contains(&id) {
+                return Err(DecodeError::UnknownSchema(id).into());
             }
-            Some(r) => {
-                let text = r
-                    .schema(id)
-                    .map_err(InputError::Retry)?
-                    .ok_or(DecodeError::UnknownSchema(id))?;
-                Schema::parse_str(&text)
-                    .map_err(|e| DecodeError::Avro(format!("registry schema {id} does not parse: {e}")))?
-            }
-        };
-        let schema = Arc::new(schema);
-        self.schemas.insert(id, schema.clone());
-        Ok(schema)
+            Ok(WriterSchema::ours().clone())
+        }
+        Some(r) => {
+            let text = r
+                .schema(id)
+                .map_err(InputError::Retry)?
+                .ok_or(DecodeError::UnknownSchema(id))?;
+            let schema = Schema::parse_str(&text)
+                .map_err(|e| DecodeError::Avro(format!("registry schema {id} does not parse: {e}")))?;
+            Ok(WriterSchema::new(schema))
+        }
     }
 }
 
@@ -280,5 +293,56 @@ mod tests {
             d.decode(&framed, &|_| false),
             Err(InputError::Data(DecodeError::UnknownSchema(9)))
         ));
+    }
+
+    #[test]
+    fn writer_schemas_are_fetched_and_compared_once_per_id() {
+        let ours = serde_json::json!({"schema": avro::TOUCHPOINT_SCHEMA_TEXT}).to_string();
+        // An older writer, before `agent_id` and `attributes`.
+        let mut old: serde_json::Value = serde_json::from_str(avro::TOUCHPOINT_SCHEMA_TEXT).unwrap();
+        old["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["name"] != "agent_id" && f["name"] != "attributes");
+        let old_schema = Schema::parse_str(&old.to_string()).unwrap();
+        let (url, h) = serve(vec![
+            (200, ours),
+            (200, serde_json::json!({"schema": old.to_string()}).to_string()),
+        ]);
+        let mut c = Config::default();
+        c.input.format = Format::ConfluentAvro;
+        c.schema_registry.url = Some(url);
+        let mut d = InputDecoder::new(&c).unwrap();
+
+        let tp = json::decode_touchpoint(
+            br#"{"event_id":"e1","customer_id":"c1","occurred_at":1772359200000,"channel":"CHAT","kind":"INTERACTION","direction":"INBOUND","journey":"billing","touchpoint":"payment.transfer","outcome":"FAILURE","sentiment":-0.5,"agent_id":"a7","attributes":{"order":"42"}}"#,
+            &|_| false,
+        )
+        .unwrap();
+        let mut new_framed = Vec::new();
+        avro::confluent_frame(6, &avro::encode_touchpoint(&tp), &mut new_framed);
+        let apache_avro::types::Value::Record(mut fields) = avro::touchpoint_to_value(&tp) else {
+            unreachable!()
+        };
+        fields.retain(|(n, _)| n != "agent_id" && n != "attributes");
+        let old_datum =
+            apache_avro::to_avro_datum(&old_schema, apache_avro::types::Value::Record(fields)).unwrap();
+        let mut old_framed = Vec::new();
+        avro::confluent_frame(5, &old_datum, &mut old_framed);
+        let mut from_old = tp.clone();
+        from_old.agent_id = None;
+        from_old.attributes.clear();
+
+        // Twice each: the registry answers only the first lookup of each id.
+        for _ in 0..2 {
+            assert_eq!(d.decode(&new_framed, &|_| false).unwrap(), tp);
+            assert_eq!(d.decode(&old_framed, &|_| false).unwrap(), from_old);
+        }
+        assert!(d.writer_schema(6).unwrap().is_fast());
+        assert!(!d.writer_schema(5).unwrap().is_fast());
+        assert_eq!(
+            h.join().unwrap(),
+            ["GET /schemas/ids/6 HTTP/1.1", "GET /schemas/ids/5 HTTP/1.1"]
+        );
     }
 }
