@@ -7,11 +7,13 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 /// Partitions gained or lost, reported by the consumer's rebalance callbacks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +106,45 @@ pub struct SentinelContext {
     pub(crate) input_topic: String,
     pub(crate) events: UnboundedSender<RebalanceEvent>,
     /// The pipeline's producer, flushed before partitions are given up.
-    pub(crate) producer: Mutex<Option<FutureProducer>>,
+    pub(crate) producer: Mutex<Option<Arc<SentinelProducer>>>,
+}
+
+/// The broker's answer to one send, identified by the token it was sent with.
+pub struct Delivery {
+    pub token: usize,
+    /// On failure, the record comes back so it can be sent again.
+    pub result: Result<(), (KafkaError, OwnedMessage)>,
+}
+
+/// Producer context: forwards every delivery report to the pipeline as a [`Delivery`]. A plain
+/// token per record instead of a future per record: no allocation, no waker per send.
+pub struct DeliveryContext {
+    reports: UnboundedSender<Delivery>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: usize) {
+        let result = match result {
+            Ok(_) => Ok(()),
+            Err((e, msg)) => Err((e.clone(), msg.detach())),
+        };
+        // The pipeline is gone (shutting down): nobody is left to account for the record.
+        let _ = self.reports.send(Delivery { token, result });
+    }
+}
+
+/// The pipeline's producer: librdkafka's queue polled on a thread of its own.
+pub type SentinelProducer = ThreadedProducer<DeliveryContext>;
+
+/// Creates the pipeline's producer and the stream of its delivery reports.
+pub fn create_producer(c: &Config) -> Result<(SentinelProducer, UnboundedReceiver<Delivery>), KafkaError> {
+    let (reports, rx) = tokio::sync::mpsc::unbounded_channel();
+    let producer = producer_config(c).create_with_context(DeliveryContext { reports })?;
+    Ok((producer, rx))
 }
 
 impl ClientContext for SentinelContext {

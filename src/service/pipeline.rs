@@ -2,24 +2,22 @@
 //! is stored only once everything before it is finished and acknowledged.
 
 use super::codecs::{InputDecoder, InputError, OutputEncoder};
-use super::kafka::{self, RebalanceEvent, SentinelContext};
+use super::kafka::{self, Delivery, RebalanceEvent, SentinelContext, SentinelProducer};
 use super::{ServiceError, Shared};
 use crate::config::Config;
 use crate::engine::{Effect, Engine, Stream};
 use crate::model::{AlertStatus, Millis};
-use futures::StreamExt;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
 use prometheus::IntCounter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 fn now_ms() -> Millis {
     std::time::SystemTime::now()
@@ -159,9 +157,8 @@ enum Sent {
     },
 }
 
-/// One record to produce.
+/// One record to produce (its topic follows from what it is, [`Sent`]).
 struct Out<'a> {
-    topic: String,
     key: &'a [u8],
     payload: Option<&'a [u8]>,
     headers: OwnedHeaders,
@@ -169,7 +166,25 @@ struct Out<'a> {
     partition: Option<i32>,
 }
 
-struct Done {
+/// The output topics' names, shared by every send without a copy.
+struct Topics {
+    alerts: Arc<str>,
+    dead_letters: Arc<str>,
+    changelog: Arc<str>,
+}
+
+impl Topics {
+    fn of(&self, sent: &Sent) -> Arc<str> {
+        match sent {
+            Sent::Alert { .. } => self.alerts.clone(),
+            Sent::DeadLetter => self.dead_letters.clone(),
+            Sent::Changelog { .. } => self.changelog.clone(),
+        }
+    }
+}
+
+/// A send the broker has not answered yet, by token.
+struct Outstanding {
     partition: i32,
     /// Generation of the partition's state the send belongs to: a partition revoked and assigned
     /// again gets a new one, and late reports from the old one must not touch the new.
@@ -178,20 +193,25 @@ struct Done {
     /// are held by its batch instead.
     offset: Option<i64>,
     sent: Sent,
-    topic: String,
-    result:
-        Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
 }
+
+/// Wait between re-send bursts after failed deliveries (the broker is likely down).
+const RESEND_BACKOFF: Duration = Duration::from_millis(500);
 
 struct Pipeline {
     config: Config,
     shared: Arc<Shared>,
     consumer: Arc<StreamConsumer<SentinelContext>>,
-    producer: FutureProducer,
+    producer: Arc<SentinelProducer>,
+    deliveries: UnboundedReceiver<Delivery>,
+    /// Sends not yet answered, by token.
+    outstanding: HashMap<usize, Outstanding, ahash::RandomState>,
+    next_token: usize,
+    last_resend: Option<Instant>,
+    topics: Topics,
     decoder: InputDecoder,
     encoder: OutputEncoder,
     parts: HashMap<i32, Part>,
-    inflight: FuturesUnordered<BoxFuture<'static, Done>>,
     effects: Vec<Effect>,
     buf: Vec<u8>,
     /// exactly_once: alerts, changelog and offsets go out in transactions.
@@ -217,7 +237,8 @@ pub(super) async fn run(
     };
     let consumer: StreamConsumer<SentinelContext> =
         kafka::consumer_config(&config).create_with_context(context)?;
-    let producer: FutureProducer = kafka::producer_config(&config).create()?;
+    let (producer, deliveries) = kafka::create_producer(&config)?;
+    let producer = Arc::new(producer);
     *consumer.context().producer.lock().expect("not poisoned") = Some(producer.clone());
     let k = &config.kafka;
     let mut topics = vec![
@@ -241,15 +262,24 @@ pub(super) async fn run(
     tracing::info!(topic = %k.input_topic, group = %k.group_id, brokers = %k.brokers, "consuming");
 
     let consumer = Arc::new(consumer);
+    let topics = Topics {
+        alerts: Arc::from(config.kafka.alert_topic.as_str()),
+        dead_letters: Arc::from(config.kafka.dlq_topic.as_str()),
+        changelog: Arc::from(config.state.changelog_topic.as_str()),
+    };
     let mut p = Pipeline {
         config,
         shared,
         consumer: consumer.clone(),
+        topics,
         producer,
+        deliveries,
+        outstanding: HashMap::default(),
+        next_token: 0,
+        last_resend: None,
         decoder,
         encoder,
         parts: HashMap::new(),
-        inflight: FuturesUnordered::new(),
         effects: Vec::new(),
         buf: Vec::new(),
         eos: false,
@@ -272,7 +302,13 @@ pub(super) async fn run(
             biased;
             _ = &mut shutdown => break,
             Some(event) = rebalances.recv() => p.rebalance(event),
-            Some(done) = p.inflight.next(), if !p.inflight.is_empty() => p.delivered(done).await,
+            Some(d) = p.deliveries.recv() => {
+                p.delivered(d).await;
+                // Settle every report already in: cheaper than a trip through select! each.
+                while let Ok(d) = p.deliveries.try_recv() {
+                    p.delivered(d).await;
+                }
+            }
             _ = gauges.tick() => p.shared.refresh_state_gauges(),
             _ = commits.tick(), if ticking => {
                 if p.eos {
@@ -281,13 +317,21 @@ pub(super) async fn run(
                     p.flush_batches().await;
                 }
             }
-            msg = consumer.recv() => match msg {
-                Ok(msg) => p.process(&msg).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            msg = consumer.recv() => {
+                // Rebalance callbacks run inside recv(): a revoke and the next assignment can
+                // both happen in the poll that returns this record, and the record belongs to
+                // the new assignment's state, not the revoked one's.
+                while let Ok(event) = rebalances.try_recv() {
+                    p.rebalance(event);
                 }
-            },
+                match msg {
+                    Ok(msg) => p.process(&msg).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
         }
     }
     p.shutdown().await;
@@ -367,6 +411,8 @@ impl Pipeline {
                             partition,
                             customers = part.engine.customer_count(),
                             unfinished = part.pending.len(),
+                            stored = part.stored,
+                            next = part.next,
                             "dropping revoked partition's state"
                         );
                     }
@@ -388,6 +434,7 @@ impl Pipeline {
         part.next = part.next.max(offset + 1);
         if part.stored == 0 && part.pending.len() == 1 {
             part.stored = offset;
+            tracing::info!(partition, offset, "resuming partition");
         }
 
         let decoded = loop {
@@ -559,7 +606,6 @@ impl Pipeline {
                 };
                 let payload = std::mem::take(&mut self.buf);
                 let out = Out {
-                    topic: self.config.kafka.alert_topic.clone(),
                     key: alert.customer_id.as_bytes(),
                     payload: Some(&payload),
                     headers: OwnedHeaders::new(),
@@ -648,7 +694,6 @@ impl Pipeline {
             });
         self.shared.metrics.dead_letters.with_label_values(&[class]).inc();
         let out = Out {
-            topic: self.config.kafka.dlq_topic.clone(),
             key: msg.key().unwrap_or_default(),
             payload: msg.payload(),
             headers,
@@ -669,22 +714,26 @@ impl Pipeline {
             part.hold(owner);
         }
         let Out {
-            topic,
             key,
             payload,
             headers,
             partition: to,
         } = out;
-        let mut record = FutureRecord::to(&topic).key(key).headers(headers);
+        let topic = self.topics.of(&sent);
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
+        let mut record = BaseRecord::with_opaque_to(&topic, token)
+            .key(key)
+            .headers(headers);
         if let Some(p) = payload {
             record = record.payload(p);
         }
         if let Some(p) = to {
             record = record.partition(p);
         }
-        let future = loop {
-            match self.producer.send_result(record) {
-                Ok(f) => break f,
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -700,31 +749,33 @@ impl Pipeline {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        };
-        let topic_name = topic.clone();
-        self.inflight.push(Box::pin(async move {
-            Done {
+        }
+        self.outstanding.insert(
+            token,
+            Outstanding {
                 partition,
                 epoch,
                 offset: owner,
                 sent,
-                topic: topic_name,
-                result: future.await,
-            }
-        }));
+            },
+        );
     }
 
-    async fn delivered(&mut self, done: Done) {
+    async fn delivered(&mut self, delivery: Delivery) {
+        let Some(done) = self.outstanding.remove(&delivery.token) else {
+            // Sent by a producer replaced since (exactly_once recovery): settles nothing.
+            return;
+        };
         let current = self
             .parts
             .get(&done.partition)
             .is_some_and(|p| p.epoch == done.epoch);
-        match done.result {
-            Ok(Ok(_)) if !current => {
+        match delivery.result {
+            Ok(()) if !current => {
                 // The partition was revoked (and maybe assigned again) since: its records are
                 // processed again from the committed offset, so this report settles nothing.
             }
-            Ok(Ok(_)) => {
+            Ok(()) => {
                 match &done.sent {
                     Sent::Alert {
                         rule,
@@ -764,46 +815,41 @@ impl Pipeline {
                     self.finish(done.partition, offset);
                 }
             }
-            Ok(Err((e, _))) if self.eos => {
+            Err((e, _)) if self.eos => {
                 // Inside a transaction a lost send cannot be patched up: abort and replay.
-                tracing::warn!(topic = %done.topic, error = %e, "delivery failed; the transaction will abort");
+                let topic = self.topics.of(&done.sent);
+                tracing::warn!(topic = %topic, error = %e, "delivery failed; the transaction will abort");
                 self.txn_failed = true;
             }
-            Ok(Err((e, msg))) => {
+            Err(_) if !current => {
+                // The partition is gone: its records are processed again from the last commit.
+            }
+            Err((e, msg)) => {
                 // Not acknowledged after librdkafka's own retries: send again, never drop.
+                let topic = self.topics.of(&done.sent);
                 self.shared
                     .metrics
                     .produce_errors
-                    .with_label_values(&[&done.topic])
+                    .with_label_values(&[&topic])
                     .inc();
-                tracing::error!(topic = %done.topic, error = %e, "delivery failed; re-sending");
-                let producer = self.producer.clone();
-                let (partition, epoch, offset, sent, topic) =
-                    (done.partition, done.epoch, done.offset, done.sent, done.topic);
-                self.inflight.push(Box::pin(async move {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let mut record = FutureRecord::to(&topic).key(msg.key().unwrap_or_default());
-                    if let Some(p) = msg.payload() {
-                        record = record.payload(p);
-                    }
-                    if matches!(sent, Sent::Changelog { .. }) {
-                        record = record.partition(msg.partition());
-                    }
-                    if let Some(h) = msg.headers() {
-                        record = record.headers(h.clone());
-                    }
-                    let result = producer.send(record, Duration::from_secs(30)).await;
-                    Done {
-                        partition,
-                        epoch,
-                        offset,
-                        sent,
-                        topic,
-                        result: Ok(result),
-                    }
-                }));
+                tracing::error!(topic = %topic, error = %e, "delivery failed; re-sending");
+                // One pause per burst of failures, not one per failed record.
+                if self.last_resend.is_none_or(|t| t.elapsed() >= RESEND_BACKOFF) {
+                    tokio::time::sleep(RESEND_BACKOFF).await;
+                    self.last_resend = Some(Instant::now());
+                }
+                let out = Out {
+                    key: msg.key().unwrap_or_default(),
+                    payload: msg.payload(),
+                    headers: msg.headers().cloned().unwrap_or_else(OwnedHeaders::new),
+                    partition: matches!(done.sent, Sent::Changelog { .. }).then(|| msg.partition()),
+                };
+                // The new send holds the owner again; the failed one lets go.
+                self.send(done.partition, done.offset, done.sent, out).await;
+                if let Some(offset) = done.offset {
+                    self.finish(done.partition, offset);
+                }
             }
-            Err(_) => tracing::error!(topic = %done.topic, "producer dropped a delivery report"),
         }
     }
 
@@ -826,8 +872,6 @@ impl Pipeline {
                 ready.push((b.id, std::mem::take(&mut b.records)));
             }
         }
-        let topic = &self.config.state.changelog_topic;
-        let topic = topic.clone();
         for (id, records) in ready {
             for (customer, value, offset) in records {
                 let offset = offset.to_string();
@@ -836,7 +880,6 @@ impl Pipeline {
                     value: Some(offset.as_str()),
                 });
                 let out = Out {
-                    topic: topic.clone(),
                     key: customer.as_bytes(),
                     payload: value.as_deref(),
                     headers,
@@ -892,13 +935,11 @@ impl Pipeline {
     /// finished record, commits, and opens the next transaction. Any failure aborts and
     /// recovers: state and input position go back to the last committed transaction.
     async fn commit_transaction(&mut self) {
-        if !self.dirty && self.inflight.is_empty() {
+        if !self.dirty && self.outstanding.is_empty() {
             return;
         }
         self.flush_batches().await;
-        while let Some(done) = self.inflight.next().await {
-            self.delivered(done).await;
-        }
+        self.await_deliveries().await;
         if self.txn_failed {
             self.recover("delivery failed", false).await;
             return;
@@ -944,18 +985,20 @@ impl Pipeline {
     /// from the committed changelog and are processed again, as if the transaction never ran.
     async fn recover(&mut self, reason: &'static str, fatal: bool) {
         self.shared.metrics.txn_aborts.with_label_values(&[reason]).inc();
-        self.inflight = FuturesUnordered::new();
+        self.outstanding.clear();
         let producer = self.producer.clone();
         let aborted = !fatal
             && tokio::task::block_in_place(|| producer.abort_transaction(Duration::from_secs(30))).is_ok();
         loop {
             if !aborted {
-                match kafka::producer_config(&self.config).create::<FutureProducer>() {
-                    Ok(p) => {
+                match kafka::create_producer(&self.config) {
+                    Ok((p, deliveries)) => {
+                        let p = Arc::new(p);
                         if let Ok(mut slot) = self.consumer.context().producer.lock() {
                             *slot = Some(p.clone());
                         }
                         self.producer = p;
+                        self.deliveries = deliveries;
                     }
                     Err(e) => tracing::error!(error = %e, "cannot recreate the transactional producer"),
                 }
@@ -1011,24 +1054,29 @@ impl Pipeline {
         tracing::warn!(reason, partitions = ?partitions, "transaction aborted; state and input rewound to the last commit");
     }
 
+    /// Settles delivery reports until no send is outstanding.
+    async fn await_deliveries(&mut self) {
+        while !self.outstanding.is_empty() {
+            match self.deliveries.recv().await {
+                Some(d) => self.delivered(d).await,
+                None => return,
+            }
+        }
+    }
+
     async fn shutdown(mut self) {
         let deadline = self.config.service.shutdown_timeout;
         if !self.eos {
             self.flush_batches().await;
         }
         tracing::info!(
-            inflight = self.inflight.len(),
+            outstanding = self.outstanding.len(),
             "shutting down: draining deliveries"
         );
-        let drained = tokio::time::timeout(deadline, async {
-            while let Some(done) = self.inflight.next().await {
-                self.delivered(done).await;
-            }
-        })
-        .await;
+        let drained = tokio::time::timeout(deadline, self.await_deliveries()).await;
         if drained.is_err() {
             tracing::error!(
-                inflight = self.inflight.len(),
+                outstanding = self.outstanding.len(),
                 "shutdown deadline passed with deliveries unacknowledged; their records will be re-processed"
             );
         }

@@ -147,9 +147,14 @@ pub fn normalize(alerts: &mut [Value]) {
 }
 
 pub fn producer(brokers: &str) -> FutureProducer {
+    // One record per batch: tansu 0.6 cannot serve a fetch that starts inside a record batch
+    // (it answers from the next batch, or not at all for the last one), and the service
+    // resumes at committed offsets that may fall anywhere. Every offset a batch boundary keeps
+    // the tests about our code, not about that broker bug (see README, Tests).
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "2")
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
         .create()
         .unwrap()
 }
