@@ -3,6 +3,7 @@
 
 use super::codecs::{InputDecoder, InputError, OutputEncoder};
 use super::kafka::{self, Delivery, RebalanceEvent, SentinelContext, SentinelProducer};
+use super::restore::RestoredOffsets;
 use super::{ServiceError, Shared};
 use crate::config::Config;
 use crate::engine::{Effect, Engine, Stream};
@@ -341,30 +342,49 @@ pub(super) async fn run(
 impl Pipeline {
     fn part(&mut self, partition: i32) -> &mut Part {
         if !self.parts.contains_key(&partition) {
-            let engine = Arc::new(Engine::new(self.config.clone()));
-            let mut stream = Stream::new(engine.clone());
-            let mut restored_offsets = HashMap::new();
-            if self.config.state.changelog {
-                let started = Instant::now();
-                let m = &self.shared.metrics;
-                let result = tokio::task::block_in_place(|| {
-                    super::restore::restore_partition(&self.config, partition, &engine, &m.restored_records)
-                });
+            self.add_parts(&[partition]);
+        }
+        self.parts.get_mut(&partition).expect("just inserted")
+    }
+
+    /// Sets up newly assigned partitions: restores their state from the changelog (all of them
+    /// in one pass) before any of their input is processed.
+    fn add_parts(&mut self, partitions: &[i32]) {
+        let engines: Vec<(i32, Arc<Engine>)> = partitions
+            .iter()
+            .map(|&p| (p, Arc::new(Engine::new(self.config.clone()))))
+            .collect();
+        let mut restored: Vec<Option<RestoredOffsets>> = vec![None; engines.len()];
+        if self.config.state.changelog && !engines.is_empty() {
+            let started = Instant::now();
+            let m = &self.shared.metrics;
+            let targets: Vec<(i32, &Engine)> = engines.iter().map(|(p, e)| (*p, e.as_ref())).collect();
+            let results = tokio::task::block_in_place(|| {
+                super::restore::restore_partitions(&self.config, &targets, &m.restored_records)
+            });
+            for (i, result) in results.into_iter().enumerate() {
+                let (partition, engine) = &engines[i];
                 match result {
                     Ok(offsets) => {
-                        stream.after_restore();
                         tracing::info!(
                             partition,
                             customers = engine.customer_count(),
                             seconds = started.elapsed().as_secs_f64(),
                             "state restored"
                         );
-                        restored_offsets = offsets;
+                        restored[i] = Some(offsets);
                     }
                     Err(e) => tracing::error!(partition, error = %e, "state restore failed; starting empty"),
                 }
-                m.restore_seconds.observe(started.elapsed().as_secs_f64());
             }
+            m.restore_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        for ((partition, engine), restored) in engines.into_iter().zip(restored) {
+            let mut stream = Stream::new(engine.clone());
+            if restored.is_some() {
+                stream.after_restore();
+            }
+            let restored_offsets = restored.unwrap_or_default();
             let restored_upto = restored_offsets.values().copied().max().unwrap_or(-1);
             self.shared.set_engine(partition, Some(engine.clone()));
             let consumed = self
@@ -390,7 +410,6 @@ impl Pipeline {
                 },
             );
         }
-        self.parts.get_mut(&partition).expect("just inserted")
     }
 
     fn rebalance(&mut self, event: RebalanceEvent) {
@@ -399,10 +418,13 @@ impl Pipeline {
                 // Not ready until every newly assigned partition's state is restored.
                 let restoring = &self.shared.metrics.restoring_partitions;
                 restoring.add(parts.len() as i64);
-                for partition in parts {
-                    self.part(partition);
-                    self.shared.metrics.restoring_partitions.dec();
-                }
+                let new: Vec<i32> = parts
+                    .iter()
+                    .copied()
+                    .filter(|p| !self.parts.contains_key(p))
+                    .collect();
+                self.add_parts(&new);
+                self.shared.metrics.restoring_partitions.sub(parts.len() as i64);
             }
             RebalanceEvent::Revoked(parts) => {
                 for partition in parts {
