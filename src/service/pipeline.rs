@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,12 +27,54 @@ fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// Outstanding holds per input offset, in offset order. Records arrive in offset order, so a
+/// new hold is almost always at the back and a finished prefix leaves from the front: a deque
+/// with binary search, no tree node per record.
+#[derive(Default)]
+struct Holds {
+    /// (offset, holds); entries that reach zero inside the deque stay until they are at the front.
+    entries: std::collections::VecDeque<(i64, u32)>,
+}
+
+impl Holds {
+    fn hold(&mut self, offset: i64) {
+        match self.entries.back_mut() {
+            Some((o, n)) if *o == offset => *n += 1,
+            Some((o, _)) if *o > offset => match self.entries.binary_search_by_key(&offset, |e| e.0) {
+                Ok(i) => self.entries[i].1 += 1,
+                Err(i) => self.entries.insert(i, (offset, 1)),
+            },
+            _ => self.entries.push_back((offset, 1)),
+        }
+    }
+
+    fn release(&mut self, offset: i64) {
+        if let Ok(i) = self.entries.binary_search_by_key(&offset, |e| e.0) {
+            let n = &mut self.entries[i].1;
+            *n = n.saturating_sub(1);
+        }
+        while self.entries.front().is_some_and(|e| e.1 == 0) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The lowest offset still held.
+    fn first(&self) -> Option<i64> {
+        self.entries.front().map(|e| e.0)
+    }
+
+    /// Offsets still held.
+    fn unfinished(&self) -> usize {
+        self.entries.iter().filter(|e| e.1 > 0).count()
+    }
+}
+
 /// One assigned input partition.
 struct Part {
     engine: Arc<Engine>,
     stream: Stream,
     /// Unfinished records: offset → outstanding holds (processing, each unacknowledged send).
-    pending: BTreeMap<i64, u32>,
+    pending: Holds,
     /// Offset after the highest consumed.
     next: i64,
     /// Offset last stored for commit (the next to consume).
@@ -76,21 +118,16 @@ const MAX_BATCH_CUSTOMERS: usize = 10_000;
 
 impl Part {
     fn hold(&mut self, offset: i64) {
-        *self.pending.entry(offset).or_default() += 1;
+        self.pending.hold(offset);
     }
 
     fn release(&mut self, offset: i64) {
-        if let Some(n) = self.pending.get_mut(&offset) {
-            *n -= 1;
-            if *n == 0 {
-                self.pending.remove(&offset);
-            }
-        }
+        self.pending.release(offset);
     }
 
     /// The first offset not yet finished: everything below it may be committed.
     fn committable(&self) -> i64 {
-        self.pending.keys().next().copied().unwrap_or(self.next)
+        self.pending.first().unwrap_or(self.next)
     }
 
     /// The id of the open batch, opening one if the newest is sealed.
@@ -398,7 +435,7 @@ impl Pipeline {
                 Part {
                     stream,
                     engine,
-                    pending: BTreeMap::new(),
+                    pending: Holds::default(),
                     next: 0,
                     stored: 0,
                     consumed,
@@ -432,7 +469,7 @@ impl Pipeline {
                         tracing::info!(
                             partition,
                             customers = part.engine.customer_count(),
-                            unfinished = part.pending.len(),
+                            unfinished = part.pending.unfinished(),
                             stored = part.stored,
                             next = part.next,
                             "dropping revoked partition's state"
@@ -453,11 +490,12 @@ impl Pipeline {
         let part = self.part(partition);
         part.consumed.inc();
         part.hold(offset);
-        part.next = part.next.max(offset + 1);
-        if part.stored == 0 && part.pending.len() == 1 {
+        if part.next == 0 {
+            // The first record since assignment: where the committed offset put us.
             part.stored = offset;
             tracing::info!(partition, offset, "resuming partition");
         }
+        part.next = part.next.max(offset + 1);
 
         let decoded = loop {
             let engine = self.parts[&partition].engine.clone();
@@ -968,7 +1006,7 @@ impl Pipeline {
         }
         let mut offsets = rdkafka::TopicPartitionList::new();
         for (&partition, part) in &self.parts {
-            if part.next > 0 || !part.pending.is_empty() {
+            if part.next > 0 || part.pending.first().is_some() {
                 let _ = offsets.add_partition_offset(
                     &self.config.kafka.input_topic,
                     partition,
@@ -1117,5 +1155,45 @@ impl Pipeline {
         }
         self.consumer.unsubscribe();
         // Dropping the consumer closes it: it leaves the group.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Holds;
+
+    #[test]
+    fn holds_release_a_finished_prefix_only() {
+        let mut h = Holds::default();
+        for o in [10, 11, 11, 12] {
+            h.hold(o);
+        }
+        assert_eq!((h.first(), h.unfinished()), (Some(10), 3));
+        h.release(11);
+        h.release(12);
+        // 11 still holds once and 10 is unfinished: nothing above 10 is committable.
+        assert_eq!((h.first(), h.unfinished()), (Some(10), 2));
+        h.release(10);
+        assert_eq!(h.first(), Some(11));
+        h.release(11);
+        assert_eq!((h.first(), h.unfinished()), (None, 0));
+    }
+
+    #[test]
+    fn holds_accept_older_offsets_and_ignore_unknown_releases() {
+        let mut h = Holds::default();
+        h.hold(20);
+        h.hold(22);
+        h.hold(21); // a timer alert or a buffered record owned by an older offset
+        h.hold(20);
+        h.release(99);
+        h.release(20);
+        assert_eq!(h.first(), Some(20));
+        h.release(20);
+        assert_eq!(h.first(), Some(21));
+        h.release(22);
+        assert_eq!((h.first(), h.unfinished()), (Some(21), 1));
+        h.release(21);
+        assert_eq!(h.first(), None);
     }
 }
