@@ -162,8 +162,11 @@ impl Metrics {
             ),
             state_bytes: reg(
                 &registry,
-                IntGauge::new(STATE_BYTES, "Estimated bytes of customer state on this instance.")
-                    .expect("valid metric"),
+                IntGauge::new(
+                    STATE_BYTES,
+                    "Estimated bytes of customer state on this instance (recomputed at most every 10 s).",
+                )
+                .expect("valid metric"),
             ),
             rebalances: counter_vec(REBALANCES, "Consumer group rebalances seen.", &["kind"]),
             assigned_partitions: reg(

@@ -48,7 +48,13 @@ pub struct Shared {
     running: AtomicBool,
     /// Customers held, refreshed every second (the cap check reads it on the hot path).
     pub(crate) customers: std::sync::atomic::AtomicUsize,
+    /// When the state-bytes gauge was last computed (it walks every customer).
+    state_bytes_at: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// The state-bytes gauge walks every customer, holding each map shard's lock in turn: at most
+/// this often, however often `/metrics` is scraped.
+const STATE_BYTES_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Shared {
     pub fn new(metrics: Metrics) -> Self {
@@ -57,6 +63,7 @@ impl Shared {
             engines: RwLock::new(BTreeMap::new()),
             running: AtomicBool::new(true),
             customers: std::sync::atomic::AtomicUsize::new(0),
+            state_bytes_at: parking_lot::Mutex::new(None),
         }
     }
 
@@ -92,6 +99,13 @@ impl Shared {
     }
 
     pub(crate) fn refresh_state_bytes(&self) {
+        {
+            let mut at = self.state_bytes_at.lock();
+            if at.is_some_and(|t| t.elapsed() < STATE_BYTES_REFRESH) {
+                return;
+            }
+            *at = Some(std::time::Instant::now());
+        }
         let engines = self.engines.read();
         let bytes: usize = engines.values().map(|e| e.state_bytes()).sum();
         self.metrics.state_bytes.set(bytes as i64);
