@@ -106,8 +106,11 @@ struct Batch {
     /// While open: changed customers → the last input offset applied to them (-1 for changes no
     /// record made: a timer, an eviction, shedding).
     staged: HashMap<Arc<str>, i64>,
-    /// Filled when sealed: (customer, state or tombstone, last input offset applied to it).
-    records: Vec<(Arc<str>, Option<Vec<u8>>, i64)>,
+    /// Filled when sealed: (customer, its state's bytes in `arena` or None for a tombstone, last
+    /// input offset applied to it).
+    records: Vec<(Arc<str>, Option<std::ops::Range<usize>>, i64)>,
+    /// The encoded states of `records`, back to back: one allocation per batch, not per record.
+    arena: Vec<u8>,
     /// Applied records that stay unfinished until this batch's changelog is acknowledged.
     holders: Vec<i64>,
 }
@@ -146,6 +149,7 @@ impl Part {
                     sent: false,
                     staged: HashMap::new(),
                     records: Vec::new(),
+                    arena: Vec::new(),
                     holders: Vec::new(),
                 });
                 id
@@ -160,15 +164,20 @@ impl Part {
             return;
         };
         b.sealed = true;
+        let mut arena = Vec::new();
         b.records = b
             .staged
             .drain()
             .map(|(customer, offset)| {
-                let mut value = Vec::new();
-                let value = self.engine.snapshot(&customer, &mut value).then_some(value);
+                let start = arena.len();
+                let value = self
+                    .engine
+                    .snapshot(&customer, &mut arena)
+                    .then(|| start..arena.len());
                 (customer, value, offset)
             })
             .collect();
+        b.arena = arena;
         b.staged = HashMap::new();
     }
 
@@ -929,10 +938,10 @@ impl Pipeline {
             if !b.sent {
                 b.sent = true;
                 b.changelog_unacked = b.records.len();
-                ready.push((b.id, std::mem::take(&mut b.records)));
+                ready.push((b.id, std::mem::take(&mut b.records), std::mem::take(&mut b.arena)));
             }
         }
-        for (id, records) in ready {
+        for (id, records, arena) in ready {
             for (customer, value, offset) in records {
                 let offset = offset.to_string();
                 let headers = OwnedHeaders::new().insert(Header {
@@ -941,7 +950,7 @@ impl Pipeline {
                 });
                 let out = Out {
                     key: customer.as_bytes(),
-                    payload: value.as_deref(),
+                    payload: value.map(|r| &arena[r]),
                     headers,
                     partition: Some(partition),
                 };
