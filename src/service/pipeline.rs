@@ -170,10 +170,8 @@ impl Part {
             .drain()
             .map(|(customer, offset)| {
                 let start = arena.len();
-                let value = self
-                    .engine
-                    .snapshot(&customer, &mut arena)
-                    .then(|| start..arena.len());
+                let stored = self.engine.snapshot(&customer, &mut arena);
+                let value = stored.then_some(start..arena.len());
                 (customer, value, offset)
             })
             .collect();
