@@ -1,7 +1,7 @@
 //! Bounded string interning for low-cardinality vocabularies (touchpoint types, tiers), with a
 //! value computed once per string (its stakes, its multiplier).
 
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -68,6 +68,11 @@ impl<T: Copy> Interner<T> {
             .unwrap_or_else(|| inner.entries[0].0.clone())
     }
 
+    /// Many names under one read lock (an alert's recent touchpoints).
+    pub fn names(&self) -> Names<'_, T> {
+        Names(self.inner.read())
+    }
+
     /// The cached value behind an id.
     pub fn value(&self, id: u32) -> T {
         let inner = self.inner.read();
@@ -81,6 +86,21 @@ impl<T: Copy> Interner<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A read view of an [`Interner`]'s names; holds its read lock, so keep it short.
+pub struct Names<'a, T>(RwLockReadGuard<'a, Inner<T>>);
+
+impl<T> Names<'_, T> {
+    /// The string behind an id, as [`Interner::name`] gives it.
+    pub fn get(&self, id: u32) -> &str {
+        self.0
+            .entries
+            .get(id as usize)
+            .unwrap_or(&self.0.entries[0])
+            .0
+            .as_ref()
     }
 }
 
@@ -104,6 +124,7 @@ mod tests {
         assert_eq!((c, vc), (OVERFLOW_ID, -1));
         assert_eq!(&*i.name(c), OVERFLOW_NAME);
         assert_eq!(&*i.name(b), "b");
+        assert_eq!((i.names().get(b), i.names().get(99)), ("b", OVERFLOW_NAME));
         assert_eq!(i.len(), 2);
     }
 }

@@ -19,9 +19,9 @@ use dashmap::DashMap;
 use intern::Interner;
 use rules::{Polarity, Rules, Stake};
 use serde::Serialize;
-use state::{Case, CompactId, CustomerState, Episode, NO_TIER, Recent, RuleId, fnv64};
+use state::{Case, CompactId, CustomerKey, CustomerState, Episode, NO_TIER, Recent, RuleId, fnv64};
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 /// Distinct touchpoint types and tiers remembered before new ones read back as "(other)".
@@ -54,7 +54,7 @@ pub enum Effect {
 /// Shared engine: compiled rules plus the customer map.
 pub struct Engine {
     rules: Rules,
-    customers: DashMap<Arc<str>, Box<CustomerState>, ahash::RandomState>,
+    customers: DashMap<CustomerKey, Box<CustomerState>, ahash::RandomState>,
     touchpoint_types: Interner<Stake>,
     tiers: Interner<f64>,
 }
@@ -91,8 +91,9 @@ fn round_to(x: f64, places: i32) -> f64 {
 
 /// What the rules look at when a touchpoint lands on a journey with no open case.
 #[derive(Clone, Copy)]
-struct Facts<'a> {
-    tier: Option<&'a str>,
+struct Facts {
+    /// Interned tier, [`NO_TIER`] when unknown; its name is looked up only for a reason text.
+    tier: u32,
     polarity: Polarity,
     stake: Stake,
     tier_mult: f64,
@@ -144,18 +145,18 @@ impl Engine {
     pub fn state_bytes(&self) -> usize {
         self.customers
             .iter()
-            .map(|e| e.value().footprint() + e.key().len() + 16)
+            .map(|e| e.value().footprint() + e.key().heap_bytes())
             .sum()
     }
 
     /// Drops every customer for which `keep` is false (a partition revoked from this instance).
     pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
-        self.customers.retain(|k, _| keep(k));
+        self.customers.retain(|k, _| keep(k.as_str()));
     }
 
     /// What we know about one customer, if this instance holds them.
     pub fn customer(&self, customer_id: &str) -> Option<CustomerView> {
-        let guard = self.customers.get(customer_id)?;
+        let guard = self.customers.get(customer_id.as_bytes())?;
         let s = &**guard;
         let as_of = s.last_event().unwrap_or(s.score_at());
         Some(CustomerView {
@@ -182,12 +183,13 @@ impl Engine {
     }
 
     fn recent(&self, s: &CustomerState) -> Vec<RecentTouchpoint> {
+        let names = self.touchpoint_types.names();
         s.recent()
             .map(|r| RecentTouchpoint {
                 event_id: s.event_id(r),
                 occurred_at: r.occurred_at(),
                 channel: r.channel(),
-                touchpoint: self.touchpoint_types.name(u32::from(r.touchpoint)).to_string(),
+                touchpoint: names.get(u32::from(r.touchpoint)).to_string(),
                 outcome: r.outcome(),
                 sentiment: r.sentiment(),
             })
@@ -347,7 +349,7 @@ impl Engine {
             let idle =
                 s.cases().is_empty() && s.last_event().is_some_and(|l| l.saturating_add(ttl) <= watermark);
             if idle {
-                evicted.push(k.clone());
+                evicted.push(k.to_arc());
             }
             !idle
         });
@@ -361,7 +363,7 @@ impl Engine {
             .customers
             .iter()
             .filter(|e| e.value().cases().is_empty())
-            .map(|e| (e.value().last_event().unwrap_or(Millis::MIN), e.key().clone()))
+            .map(|e| (e.value().last_event().unwrap_or(Millis::MIN), e.key().to_arc()))
             .collect();
         let count = count.min(idle.len());
         if count == 0 {
@@ -372,7 +374,7 @@ impl Engine {
             idle.truncate(count);
         }
         for (_, key) in &idle {
-            self.customers.remove(&**key);
+            self.customers.remove(key.as_bytes());
         }
         idle.into_iter().map(|(_, k)| k).collect()
     }
@@ -380,7 +382,7 @@ impl Engine {
     /// Whether this event id was already applied for its customer.
     fn already_seen(&self, ev: &Touchpoint) -> bool {
         self.customers
-            .get(ev.customer_id.as_str())
+            .get(ev.customer_id.as_bytes())
             .is_some_and(|s| s.has_seen(&CompactId::new(&ev.event_id), &ev.event_id))
     }
 
@@ -392,6 +394,7 @@ impl Engine {
         now: Millis,
         out: &mut Vec<Effect>,
     ) -> Option<(Arc<str>, Millis)> {
+        touch(&ev);
         let r = &self.rules;
         let t = ev.occurred_at;
         let (tp_id, type_stake) = self
@@ -400,16 +403,20 @@ impl Engine {
         let event_tier = ev
             .customer_tier
             .as_deref()
-            .map(|tier| self.tiers.intern(tier, |s| r.tier_multiplier(s)).0);
+            .map(|tier| self.tiers.intern(tier, |s| r.tier_multiplier(s)));
 
-        let mut guard = match self.customers.get_mut(ev.customer_id.as_str()) {
-            Some(g) => g,
-            None => self
-                .customers
-                .entry(Arc::from(ev.customer_id.as_str()))
-                .or_insert_with(|| Box::new(CustomerState::new(r.config.engine.recent_touchpoints))),
+        let new_state = || Box::new(CustomerState::new(r.config.engine.recent_touchpoints));
+        let mut guard = match CustomerKey::inline(&ev.customer_id) {
+            // One lookup whether or not the customer is new: an inline key costs no allocation.
+            Some(key) => self.customers.entry(key).or_insert_with(new_state),
+            None => match self.customers.get_mut(ev.customer_id.as_bytes()) {
+                Some(g) => g,
+                None => self
+                    .customers
+                    .entry(CustomerKey::new(&ev.customer_id))
+                    .or_insert_with(new_state),
+            },
         };
-        let key = guard.key().clone();
         let s: &mut CustomerState = &mut guard;
 
         if self.fire_due(&ev.customer_id, s, t, now, out) {
@@ -417,7 +424,7 @@ impl Engine {
             *s = CustomerState::new(r.config.engine.recent_touchpoints);
             s.queued_deadline = queued;
             out.push(Effect::Evicted {
-                keys: vec![key.clone()],
+                keys: vec![Arc::from(ev.customer_id.as_str())],
             });
         }
         let id = CompactId::new(&ev.event_id);
@@ -426,10 +433,13 @@ impl Engine {
             return None;
         }
 
-        if let Some(tier) = event_tier {
-            s.tier = tier;
-        }
-        let tier_mult = self.tier_multiplier(s.tier);
+        let tier_mult = match event_tier {
+            Some((tier, mult)) => {
+                s.tier = tier;
+                mult
+            }
+            None => self.tier_multiplier(s.tier),
+        };
         let polarity = r.polarity(ev.outcome, ev.sentiment);
         let stake = r.stake(type_stake, ev.kind);
 
@@ -543,11 +553,10 @@ impl Engine {
                 case.last_event_id = ev.event_id.as_str().into();
             }
             (_, None) => {
-                let tier_name = (s.tier != NO_TIER).then(|| self.tiers.name(s.tier));
                 if let Some((rule, severity, reason)) = self.evaluate(
                     &ev,
                     &Facts {
-                        tier: tier_name.as_deref(),
+                        tier: s.tier,
                         polarity,
                         stake,
                         tier_mult,
@@ -600,17 +609,16 @@ impl Engine {
                 }
             }
         }
-        out.push(Effect::Applied {
-            seq,
-            customer: key.clone(),
-        });
-
+        // A fresh copy of the id (it is hot in cache) rather than a second reference to the map's
+        // key (which would be a cache miss per touchpoint).
+        let customer: Arc<str> = Arc::from(ev.customer_id.as_str());
         let deadline = self.next_deadline(s);
-        if deadline < s.queued_deadline {
+        let requeue = (deadline < s.queued_deadline).then(|| {
             s.queued_deadline = deadline;
-            return Some((key, deadline));
-        }
-        None
+            (customer.clone(), deadline)
+        });
+        out.push(Effect::Applied { seq, customer });
+        requeue
     }
 
     /// Makes room for a new case by closing the customer's oldest one, loudly: its followers
@@ -656,7 +664,7 @@ impl Engine {
 
     /// Which rule, if any, opens a case for this touchpoint (no case is open on its journey).
     /// Rules are tried in order of how sure they are; severity is the highest any matching rule gives.
-    fn evaluate(&self, ev: &Touchpoint, facts: &Facts<'_>) -> Option<(RuleId, Severity, String)> {
+    fn evaluate(&self, ev: &Touchpoint, facts: &Facts) -> Option<(RuleId, Severity, String)> {
         let Facts {
             tier,
             polarity,
@@ -667,7 +675,14 @@ impl Engine {
         } = *facts;
         let rc = &self.rules.config.rules;
         let t = ev.occurred_at;
-        let who = tier.map_or_else(|| "the customer".to_string(), |t| format!("a {t} customer"));
+        // Only a reason text needs the tier's name: look it up there, not per touchpoint.
+        let who = || {
+            if tier == NO_TIER {
+                "the customer".to_string()
+            } else {
+                format!("a {} customer", self.tiers.name(tier))
+            }
+        };
         let mut found: Option<(RuleId, Severity, String)> = None;
         let mut consider = |rule: RuleId, severity: Severity, reason: &dyn Fn() -> String| match &mut found {
             None => found = Some((rule, severity, reason())),
@@ -689,7 +704,7 @@ impl Engine {
                         .map(|s| format!(" with sentiment {s:.2}"))
                         .unwrap_or_default(),
                     ev.channel,
-                    who,
+                    who(),
                     ev.journey,
                     stake.channel
                 )
@@ -750,8 +765,7 @@ impl Engine {
     /// older than the rules' window.
     fn episode<'s>(&self, s: &'s mut CustomerState, journey: u32, t: Millis) -> &'s mut Episode {
         let window = self.rules.episode_window_ms;
-        s.episodes
-            .retain(|e| e.journey == journey || t - e.last() <= window);
+        s.retain_episodes(|e| e.journey == journey || t - e.last() <= window);
         let fresh = Episode {
             journey,
             first: t,
@@ -759,32 +773,35 @@ impl Engine {
             contacts: 0,
             channels: 0,
         };
-        let at = match s.episodes.iter().position(|e| e.journey == journey) {
+        let held = s.episodes().position(|e| e.journey == journey);
+        let at = match held {
             Some(i) => {
-                if t - s.episodes[i].first > window {
-                    s.episodes[i] = fresh;
+                let e = s.episode_mut(i);
+                if t - e.first > window {
+                    *e = fresh;
                 }
                 i
             }
             None => {
-                if s.episodes.len() >= self.rules.config.engine.max_journeys {
-                    let stalest = (0..s.episodes.len())
-                        .min_by_key(|&i| s.episodes[i].last())
-                        .unwrap_or(0);
-                    s.episodes.swap_remove(stalest);
+                if s.episode_count() >= self.rules.config.engine.max_journeys {
+                    let stalest = s
+                        .episodes()
+                        .enumerate()
+                        .min_by_key(|(_, e)| e.last())
+                        .map_or(0, |(i, _)| i);
+                    s.swap_remove_episode(stalest);
                 }
-                // Exact capacity: most customers are on one journey at a time.
-                s.episodes.reserve_exact(1);
-                s.episodes.push(fresh);
-                s.episodes.len() - 1
+                s.push_episode(fresh);
+                s.episode_count() - 1
             }
         };
-        &mut s.episodes[at]
+        s.episode_mut(at)
     }
 
     fn reset_episode(&self, s: &mut CustomerState, journey: u32, t: Millis) {
-        if let Some(e) = s.episodes.iter_mut().find(|e| e.journey == journey) {
-            *e = Episode {
+        let held = s.episodes().position(|e| e.journey == journey);
+        if let Some(i) = held {
+            *s.episode_mut(i) = Episode {
                 journey,
                 first: t,
                 span: 0,
@@ -793,6 +810,20 @@ impl Engine {
             };
         }
     }
+}
+
+/// Reads a byte of each heap part of a touchpoint, all at once. A touchpoint that waited in the
+/// reorder buffer is long out of cache: loaded together, its parts' cache misses overlap instead of
+/// each one waiting behind the locks taken in between (a locked instruction waits for every
+/// earlier load). Cheap when the touchpoint is in cache already.
+fn touch(ev: &Touchpoint) {
+    let first = |s: &str| s.as_bytes().first().copied().unwrap_or(0);
+    let mut x = first(&ev.customer_id) ^ first(&ev.event_id) ^ first(&ev.journey) ^ first(&ev.touchpoint);
+    x ^= ev.customer_tier.as_deref().map_or(0, first) ^ ev.agent_id.as_deref().map_or(0, first);
+    if let Some((k, v)) = ev.attributes.iter().next() {
+        x ^= first(k) ^ first(v);
+    }
+    std::hint::black_box(x);
 }
 
 /// A touchpoint waiting for the watermark, ordered by (event time, event id, arrival).
@@ -824,6 +855,86 @@ impl Ord for Pending {
     }
 }
 
+/// How far from the back of [`Reorder::sorted`] an arrival may land and still be inserted there.
+const REORDER_NEAR: usize = 16;
+
+/// The touchpoints waiting for the watermark, released in (event time, event id, arrival) order.
+///
+/// Input is mostly in event-time order, so most arrivals belong at (or a few places before) the
+/// back of a sorted deque: O(1), no heap sifts of large elements. An arrival that belongs deeper
+/// goes to a heap instead; releasing merges the two, which gives the same order as one heap.
+#[derive(Default)]
+struct Reorder {
+    sorted: VecDeque<Pending>,
+    stragglers: BinaryHeap<Reverse<Pending>>,
+}
+
+impl Reorder {
+    fn len(&self) -> usize {
+        self.sorted.len() + self.stragglers.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sorted.is_empty() && self.stragglers.is_empty()
+    }
+
+    fn push(&mut self, p: Pending) {
+        let n = self.sorted.len();
+        let mut at = n;
+        while at > 0 && self.sorted[at - 1] > p {
+            if n - at >= REORDER_NEAR {
+                self.stragglers.push(Reverse(p));
+                return;
+            }
+            at -= 1;
+        }
+        self.sorted.insert(at, p);
+    }
+
+    /// Whether the straggler heap holds the first touchpoint (rather than the deque).
+    fn first_is_straggler(&self) -> bool {
+        match (self.sorted.front(), self.stragglers.peek()) {
+            (Some(a), Some(Reverse(b))) => b < a,
+            (None, b) => b.is_some(),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn first(&self) -> Option<&Pending> {
+        if self.first_is_straggler() {
+            self.stragglers.peek().map(|r| &r.0)
+        } else {
+            self.sorted.front()
+        }
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        if self.first_is_straggler() {
+            self.stragglers.pop().map(|r| r.0)
+        } else {
+            self.sorted.pop_front()
+        }
+    }
+
+    fn lowest_seq(&self) -> Option<u64> {
+        self.sorted
+            .iter()
+            .chain(self.stragglers.iter().map(|r| &r.0))
+            .map(|p| p.seq)
+            .min()
+    }
+
+    /// Gives back what a burst of out-of-order traffic took, once empty.
+    fn shrink_if_empty(&mut self) {
+        if self.sorted.is_empty() && self.sorted.capacity() > 65_536 {
+            self.sorted.shrink_to(1024);
+        }
+        if self.stragglers.is_empty() && self.stragglers.capacity() > 65_536 {
+            self.stragglers.shrink_to(1024);
+        }
+    }
+}
+
 /// One ordered input: its watermark, the touchpoints waiting for it, and its timer queue.
 ///
 /// Touchpoints are applied in event-time order once the watermark (highest event time seen minus
@@ -834,7 +945,7 @@ pub struct Stream {
     max_seen: Millis,
     /// Watermark at the last idle sweep.
     swept_at: Millis,
-    buffer: BinaryHeap<Reverse<Pending>>,
+    buffer: Reorder,
     timers: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
 }
 
@@ -844,7 +955,7 @@ impl Stream {
             engine,
             max_seen: Millis::MIN,
             swept_at: Millis::MIN,
-            buffer: BinaryHeap::new(),
+            buffer: Reorder::default(),
             timers: BinaryHeap::new(),
         }
     }
@@ -857,7 +968,7 @@ impl Stream {
     /// Event time is not resumed from the restored states: they may be ahead of the committed
     /// input offset, and the records in between must not count as late when read again.
     pub fn after_restore(&mut self) {
-        let keys: Vec<Arc<str>> = self.engine.customers.iter().map(|e| e.key().clone()).collect();
+        let keys: Vec<Arc<str>> = self.engine.customers.iter().map(|e| e.key().to_arc()).collect();
         for key in keys {
             if let Some((k, d)) = self.engine.restored_deadline(&key) {
                 self.timers.push(Reverse((d, k)));
@@ -877,7 +988,7 @@ impl Stream {
 
     /// The lowest `seq` still waiting for the watermark: everything below it is finished.
     pub fn lowest_buffered_seq(&self) -> Option<u64> {
-        self.buffer.iter().map(|p| p.0.seq).min()
+        self.buffer.lowest_seq()
     }
 
     /// Takes one touchpoint (`seq` identifies its record, e.g. its offset) at processing time `now`.
@@ -906,12 +1017,9 @@ impl Stream {
             self.fire_timers(watermark, now, out);
             return;
         }
-        self.buffer.push(Reverse(Pending { ev, seq }));
+        self.buffer.push(Pending { ev, seq });
         self.release(watermark, now, out);
-        if self.buffer.is_empty() && self.buffer.capacity() > 65_536 {
-            // Give back what a burst of out-of-order traffic took.
-            self.buffer.shrink_to(1024);
-        }
+        self.buffer.shrink_if_empty();
     }
 
     /// End of input (replay): applies everything still buffered and fires timers due by the
@@ -921,10 +1029,13 @@ impl Stream {
     }
 
     fn release(&mut self, upto: Millis, now: Millis, out: &mut Vec<Effect>) {
-        while self.buffer.peek().is_some_and(|p| p.0.ev.occurred_at <= upto) {
-            let Some(Reverse(p)) = self.buffer.pop() else {
+        while self.buffer.first().is_some_and(|p| p.ev.occurred_at <= upto) {
+            let Some(p) = self.buffer.pop() else {
                 break;
             };
+            if let Some(next) = self.buffer.first() {
+                touch(&next.ev);
+            }
             if let Some(timer) = self.engine.apply(p.ev, p.seq, now, out) {
                 self.timers.push(Reverse((timer.1, timer.0)));
             }
@@ -948,7 +1059,7 @@ impl Stream {
                 break;
             };
             let evict = {
-                let Some(mut guard) = engine.customers.get_mut(&*key) else {
+                let Some(mut guard) = engine.customers.get_mut(key.as_bytes()) else {
                     continue;
                 };
                 let s: &mut CustomerState = &mut guard;
@@ -966,7 +1077,7 @@ impl Stream {
                 evict
             };
             if evict {
-                engine.customers.remove(&*key);
+                engine.customers.remove(key.as_bytes());
                 out.push(Effect::Evicted { keys: vec![key] });
             }
         }

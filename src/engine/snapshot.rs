@@ -8,7 +8,7 @@
 //! accept every older version; a new field means a new version.
 
 use super::Engine;
-use super::state::{Case, CustomerState, Episode, Extra, NO_TIER, Recent, RuleId};
+use super::state::{Case, CustomerKey, CustomerState, Episode, Extra, NO_TIER, Recent, RuleId};
 use crate::model::{Channel, Severity};
 use std::sync::Arc;
 
@@ -79,7 +79,7 @@ impl<'a> Reader<'a> {
 impl Engine {
     /// Appends the changelog value of `customer`'s state to `out`; false if not held.
     pub fn snapshot(&self, customer: &str, out: &mut Vec<u8>) -> bool {
-        let Some(guard) = self.customers.get(customer) else {
+        let Some(guard) = self.customers.get(customer.as_bytes()) else {
             return false;
         };
         let s = &**guard;
@@ -93,8 +93,8 @@ impl Engine {
             out.extend_from_slice(&r.to_bytes());
             put_str(out, Some(&self.touchpoint_types.name(u32::from(r.touchpoint))));
         }
-        out.push(s.episodes.len() as u8);
-        for e in &s.episodes {
+        out.push(s.episode_count() as u8);
+        for e in s.episodes() {
             out.extend_from_slice(&e.journey.to_le_bytes());
             out.extend_from_slice(&e.first.to_le_bytes());
             out.extend_from_slice(&e.span.to_le_bytes());
@@ -134,14 +134,14 @@ impl Engine {
     /// (`None`) removes it. Timers are recomputed by the stream that owns the customer.
     pub fn restore(&self, customer: &str, value: Option<&[u8]>) -> Result<(), SnapshotError> {
         let Some(value) = value else {
-            self.customers.remove(customer);
+            self.customers.remove(customer.as_bytes());
             return Ok(());
         };
         let s = self.decode(value)?;
-        match self.customers.get_mut(customer) {
+        match self.customers.get_mut(customer.as_bytes()) {
             Some(mut held) => **held = s,
             None => {
-                self.customers.insert(Arc::from(customer), Box::new(s));
+                self.customers.insert(CustomerKey::new(customer), Box::new(s));
             }
         }
         Ok(())
@@ -172,7 +172,7 @@ impl Engine {
         }
         let n = rd.u8()? as usize;
         for _ in 0..n {
-            s.episodes.push(Episode {
+            s.push_episode(Episode {
                 journey: rd.u32()?,
                 first: rd.i64()?,
                 span: rd.u32()?,
@@ -234,13 +234,13 @@ impl Engine {
 
     /// Earliest timer deadline of a customer, to re-register after a restore.
     pub(crate) fn restored_deadline(&self, customer: &str) -> Option<(Arc<str>, i64)> {
-        let mut guard = self.customers.get_mut(customer)?;
+        let mut guard = self.customers.get_mut(customer.as_bytes())?;
         let d = self.next_deadline(&guard);
         if d == i64::MAX {
             return None;
         }
         guard.queued_deadline = d;
-        Some((guard.key().clone(), d))
+        Some((guard.key().to_arc(), d))
     }
 }
 

@@ -1,6 +1,113 @@
 //! Per-customer rolling state, laid out compactly (see `docs/state.md` for the byte budget).
 
 use crate::model::{Channel, Direction, Millis, Outcome, Severity, TouchpointKind};
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// Bit 7 of each byte of `x` that equals `b`, the other bits clear (exact, no false positives).
+fn bytes_equal(x: u128, b: u8) -> u128 {
+    const LOW7: u128 = u128::from_le_bytes([0x7f; 16]);
+    let t = x ^ u128::from_le_bytes([b; 16]);
+    !((((t & LOW7) + LOW7) | t) | LOW7)
+}
+
+/// Every bit of bytes `0..n` (n <= 16).
+fn lane_mask(n: usize) -> u128 {
+    if n >= 16 {
+        u128::MAX
+    } else {
+        (1u128 << (8 * n)) - 1
+    }
+}
+
+/// Longest customer id held inline in [`CustomerKey`].
+const INLINE_KEY: usize = 22;
+
+/// A customer id as the state map holds it: up to 22 bytes inline, so that finding a customer
+/// compares bytes already in the map's slot instead of chasing a pointer (a cache miss per
+/// touchpoint with many customers); longer ids are shared. 24 bytes either way.
+///
+/// The map is searched by the id's bytes (`Borrow<[u8]>`), which need no UTF-8 check.
+#[derive(Clone)]
+pub enum CustomerKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Shared(Arc<str>),
+}
+
+impl CustomerKey {
+    pub fn new(id: &str) -> Self {
+        Self::inline(id).unwrap_or_else(|| Self::Shared(Arc::from(id)))
+    }
+
+    /// The key, if `id` is short enough to be held inline (building it then allocates nothing).
+    pub fn inline(id: &str) -> Option<Self> {
+        let b = id.as_bytes();
+        (b.len() <= INLINE_KEY).then(|| {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..b.len()].copy_from_slice(b);
+            Self::Inline {
+                len: b.len() as u8,
+                bytes,
+            }
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..*len as usize],
+            Self::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Copied from a `&str` whole, so always valid UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The id as the effects carry it.
+    pub fn to_arc(&self) -> Arc<str> {
+        match self {
+            Self::Inline { .. } => Arc::from(self.as_str()),
+            Self::Shared(s) => s.clone(),
+        }
+    }
+
+    /// Heap bytes this key owns besides its map slot.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Inline { .. } => 0,
+            Self::Shared(s) => s.len() + 16,
+        }
+    }
+}
+
+impl PartialEq for CustomerKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for CustomerKey {}
+
+/// Hashes as its bytes do, so the map can be searched by `&[u8]` (the `Borrow` contract).
+impl Hash for CustomerKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for CustomerKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for CustomerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
 
 /// 64-bit FNV-1a: stable across runs and platforms, so ids derived from it are deterministic.
 pub fn fnv64(parts: &[&[u8]]) -> u64 {
@@ -64,6 +171,15 @@ impl CompactId {
         }
     }
 
+    /// One byte of hash over the whole compact form, kept beside the ring to skip entries.
+    pub fn hint(&self) -> u8 {
+        let (lo, hi) = self.bytes.split_at(8);
+        let lo = u64::from_le_bytes(lo.try_into().expect("8 bytes"));
+        let hi = u64::from_le_bytes(hi.try_into().expect("8 bytes"));
+        let x = lo ^ hi.rotate_left(29) ^ u64::from(self.len) ^ (self.form as u64) << 8;
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
+    }
+
     pub fn is_long(&self) -> bool {
         self.form == IdForm::Long
     }
@@ -73,40 +189,60 @@ impl CompactId {
     }
 }
 
+/// Where each of a UUID's 16 bytes has its two hex digits in the 36-character text.
+const UUID_DIGITS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+
 fn parse_uuid(b: &[u8]) -> Option<[u8; 16]> {
-    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+    let b: &[u8; 36] = b.try_into().ok()?;
+    if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
+    // The 32 digits as four words of eight, first digit in the lowest byte.
+    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| u64::from(u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")));
+    let groups = [
+        word(0),
+        half(9) | half(14) << 32,
+        half(19) | half(24) << 32,
+        word(28),
+    ];
     let mut out = [0u8; 16];
-    let mut i = 0;
-    for byte in out.iter_mut() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            i += 1;
-        }
-        *byte = nibble(b[i])? << 4 | nibble(b[i + 1])?;
-        i += 2;
+    for (bytes, digits) in out.chunks_exact_mut(4).zip(groups) {
+        bytes.copy_from_slice(&hex8(digits)?.to_le_bytes());
     }
     Some(out)
 }
 
+/// Eight lower-case hex digits (the first in the lowest byte) as four bytes, eight at a time: a
+/// duplicate check parses one UUID per touchpoint.
+fn hex8(x: u64) -> Option<u32> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    if x & HIGH != 0 {
+        return None;
+    }
+    // Per byte (all below 0x80, so no carries between bytes): bit 7 set when in the range.
+    let in_range =
+        |lo: u8, hi: u8| (x + ONES * u64::from(0x80 - lo)) & !(x + ONES * u64::from(0x7f - hi)) & HIGH;
+    let letters = in_range(b'a', b'f');
+    if (in_range(b'0', b'9') | letters) != HIGH {
+        return None;
+    }
+    // Nibble values, one per byte, then each pair of bytes packed into one.
+    let v = (x & (ONES * 0x0f)) + (letters >> 7) * 9;
+    let t = ((v << 4) | (v >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let t = (t | (t >> 8)) & 0x0000_ffff_0000_ffff;
+    Some((t | (t >> 16)) as u32)
+}
+
 fn format_uuid(bytes: &[u8; 16]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(36);
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        s.push(HEX[(byte >> 4) as usize] as char);
-        s.push(HEX[(byte & 15) as usize] as char);
+    let mut s = *b"00000000-0000-0000-0000-000000000000";
+    for (byte, &i) in bytes.iter().zip(UUID_DIGITS.iter()) {
+        s[i] = HEX[(byte >> 4) as usize];
+        s[i + 1] = HEX[(byte & 15) as usize];
     }
-    s
+    String::from_utf8(s.to_vec()).expect("hex digits and hyphens are ASCII")
 }
 
 /// One remembered touchpoint: 28 bytes.
@@ -316,21 +452,37 @@ pub struct Extra {
 }
 
 /// One customer's rolling experience.
+///
+/// Laid out in order (`repr(C)`): the fields every touchpoint reads come first, in the first cache
+/// lines of the allocation, and the ring last; a touchpoint touches one or two of its lines.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct CustomerState {
-    /// Ring of recent touchpoints; `head` is the oldest once full.
-    pub(crate) ring: [Recent; MAX_RING],
-    pub(crate) ring_cap: u8,
-    pub(crate) ring_len: u8,
-    pub(crate) ring_head: u8,
-    /// Interned tier; `u32::MAX` = unknown.
-    pub tier: u32,
     /// Time-decayed experience score, as of the newest touchpoint's event time.
     pub score: f64,
     /// Earliest deadline this customer has in its stream's timer queue (`i64::MAX` = none).
     pub queued_deadline: Millis,
-    pub episodes: Vec<Episode>,
     pub extra: Option<Box<Extra>>,
+    /// The episodes after the first, at exact capacity.
+    more_episodes: Vec<Episode>,
+    /// The first episode, inline: most customers are on one journey at a time, and this saves
+    /// them a heap block and the hot path a cache miss.
+    episode: Episode,
+    /// Interned tier; `u32::MAX` = unknown.
+    pub tier: u32,
+    pub(crate) ring_cap: u8,
+    pub(crate) ring_len: u8,
+    pub(crate) ring_head: u8,
+    /// Whether `episode` holds the first episode.
+    has_episode: bool,
+    /// [`CompactId::hint`] of each ring slot's id: the duplicate check reads these ten bytes and
+    /// only the entries whose hint matches, not the whole ring.
+    id_hints: [u8; MAX_RING],
+    /// Event time of the newest ring entry, as it stores it (48 bits): read on every touchpoint,
+    /// so kept here rather than only in the ring. Fills what would be padding.
+    last_time: [u8; 6],
+    /// Ring of recent touchpoints; `head` is the oldest once full.
+    pub(crate) ring: [Recent; MAX_RING],
 }
 
 pub const NO_TIER: u32 = u32::MAX;
@@ -352,13 +504,23 @@ impl CustomerState {
         );
         Self {
             ring: [blank; MAX_RING],
+            id_hints: [0; MAX_RING],
+            last_time: [0; 6],
             ring_cap: ring.clamp(1, MAX_RING) as u8,
             ring_len: 0,
             ring_head: 0,
             tier: NO_TIER,
             score: 0.0,
             queued_deadline: Millis::MAX,
-            episodes: Vec::new(),
+            has_episode: false,
+            episode: Episode {
+                journey: 0,
+                first: 0,
+                span: 0,
+                contacts: 0,
+                channels: 0,
+            },
+            more_episodes: Vec::new(),
             extra: None,
         }
     }
@@ -377,15 +539,35 @@ impl CustomerState {
 
     /// Event time of the newest touchpoint, if any.
     pub fn last_event(&self) -> Option<Millis> {
-        self.recent().next_back().map(|r| r.occurred_at())
+        let t = self.last_time;
+        (self.ring_len > 0).then(|| i64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], 0, 0]))
     }
 
     /// Whether `id` is among the remembered touchpoints (the de-duplication window).
     pub fn has_seen(&self, id: &CompactId, text: &str) -> bool {
-        self.recent().any(|r| {
-            let c = r.compact_id();
-            c == *id && (!id.is_long() || self.long_id(id.long_hash()) == Some(text))
-        })
+        // Compare the hint with all ten hints at once; only matching entries are read.
+        let cap = self.ring_cap as usize;
+        let head = self.ring_head as usize;
+        let end = head + self.ring_len as usize;
+        let lanes = |from: usize, to: usize| lane_mask(to) & !lane_mask(from);
+        let occupied = lanes(head, end.min(cap)) | lanes(0, end.saturating_sub(cap));
+        let mut hints = [0u8; 16];
+        hints[..MAX_RING].copy_from_slice(&self.id_hints);
+        let mut candidates = bytes_equal(u128::from_le_bytes(hints), id.hint()) & occupied;
+        let form = id.form as u8;
+        while candidates != 0 {
+            let slot = candidates.trailing_zeros() as usize / 8;
+            candidates &= candidates - 1;
+            let r = &self.ring[slot];
+            if r.id == id.bytes
+                && (r.a >> 6).min(IdForm::Long as u8) == form
+                && r.b >> 3 == id.len
+                && (!id.is_long() || self.long_id(id.long_hash()) == Some(text))
+            {
+                return true;
+            }
+        }
+        false
     }
 
     fn long_id(&self, hash: u64) -> Option<&str> {
@@ -400,19 +582,28 @@ impl CustomerState {
     /// Appends a touchpoint, forgetting the oldest when the ring is full.
     pub fn remember(&mut self, entry: Recent, id_text: &str) {
         let cap = self.ring_cap as usize;
+        let id = entry.compact_id();
         if (self.ring_len as usize) < cap {
             let at = (self.ring_head as usize + self.ring_len as usize) % cap;
             self.ring[at] = entry;
+            self.id_hints[at] = id.hint();
             self.ring_len += 1;
+            self.last_time = entry.time;
         } else {
-            let old = self.ring[self.ring_head as usize].compact_id();
-            if old.is_long() {
-                self.forget_long_id(old.long_hash());
+            let head = self.ring_head as usize;
+            // Only a long id has text to forget, and that text lives in `extra`: without it there
+            // is no need to read the oldest entry (another cache line).
+            if self.extra.is_some() {
+                let old = self.ring[head].compact_id();
+                if old.is_long() {
+                    self.forget_long_id(old.long_hash());
+                }
             }
-            self.ring[self.ring_head as usize] = entry;
-            self.ring_head = ((self.ring_head as usize + 1) % cap) as u8;
+            self.ring[head] = entry;
+            self.id_hints[head] = id.hint();
+            self.ring_head = ((head + 1) % cap) as u8;
+            self.last_time = entry.time;
         }
-        let id = entry.compact_id();
         if id.is_long() {
             self.extra_mut().long_ids.push((id.long_hash(), id_text.into()));
         }
@@ -433,7 +624,9 @@ impl CustomerState {
         if (self.ring_len as usize) < cap {
             let at = (self.ring_head as usize + self.ring_len as usize) % cap;
             self.ring[at] = entry;
+            self.id_hints[at] = entry.compact_id().hint();
             self.ring_len += 1;
+            self.last_time = entry.time;
         }
     }
 
@@ -445,6 +638,72 @@ impl CustomerState {
             IdForm::Uuid => format_uuid(&c.bytes),
             IdForm::Long => self.long_id(c.long_hash()).unwrap_or("").to_string(),
         }
+    }
+
+    /// How many episodes are held.
+    pub fn episode_count(&self) -> usize {
+        usize::from(self.has_episode) + self.more_episodes.len()
+    }
+
+    /// The episodes, in order (the order [`Self::push_episode`] and the removals leave them in).
+    pub fn episodes(&self) -> impl Iterator<Item = &Episode> {
+        let first = self.has_episode.then_some(&self.episode);
+        first.into_iter().chain(self.more_episodes.iter())
+    }
+
+    /// The `i`th episode; panics when `i >= episode_count()`.
+    pub fn episode_mut(&mut self, i: usize) -> &mut Episode {
+        assert!(
+            i < self.episode_count(),
+            "episode {i} of {}",
+            self.episode_count()
+        );
+        if i == 0 {
+            &mut self.episode
+        } else {
+            &mut self.more_episodes[i - 1]
+        }
+    }
+
+    /// Appends an episode; the heap part grows by exactly one.
+    pub fn push_episode(&mut self, e: Episode) {
+        if self.has_episode {
+            self.more_episodes.reserve_exact(1);
+            self.more_episodes.push(e);
+        } else {
+            self.episode = e;
+            self.has_episode = true;
+        }
+    }
+
+    /// Removes the `i`th episode, moving the last one into its place (as `Vec::swap_remove`).
+    pub fn swap_remove_episode(&mut self, i: usize) {
+        let last = self.episode_count() - 1;
+        if i != last {
+            *self.episode_mut(i) = *self.episode_mut(last);
+        }
+        self.truncate_episodes(last);
+    }
+
+    /// Keeps the episodes for which `keep` is true, in order (as `Vec::retain`).
+    pub fn retain_episodes(&mut self, mut keep: impl FnMut(&Episode) -> bool) {
+        let n = self.episode_count();
+        let mut kept = 0;
+        for i in 0..n {
+            let e = *self.episode_mut(i);
+            if keep(&e) {
+                if kept != i {
+                    *self.episode_mut(kept) = e;
+                }
+                kept += 1;
+            }
+        }
+        self.truncate_episodes(kept);
+    }
+
+    fn truncate_episodes(&mut self, len: usize) {
+        self.more_episodes.truncate(len.saturating_sub(1));
+        self.has_episode &= len > 0;
     }
 
     pub fn extra_mut(&mut self) -> &mut Extra {
@@ -468,7 +727,8 @@ impl CustomerState {
 
     /// Bytes this state owns on the heap and inline (not counting the map slot or the key).
     pub fn footprint(&self) -> usize {
-        let mut n = std::mem::size_of::<Self>() + self.episodes.capacity() * std::mem::size_of::<Episode>();
+        let mut n =
+            std::mem::size_of::<Self>() + self.more_episodes.capacity() * std::mem::size_of::<Episode>();
         if let Some(e) = &self.extra {
             n += std::mem::size_of::<Extra>()
                 + e.cases.capacity() * std::mem::size_of::<Case>()
@@ -512,6 +772,155 @@ mod tests {
         assert_eq!(r.sentiment(), Some(-0.25));
     }
 
+    /// The digit-by-digit parse the word-at-a-time one replaced.
+    fn parse_uuid_slowly(b: &[u8]) -> Option<[u8; 16]> {
+        if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+            return None;
+        }
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            }
+        }
+        let mut out = [0u8; 16];
+        for (byte, &i) in out.iter_mut().zip(UUID_DIGITS.iter()) {
+            *byte = nibble(b[i])? << 4 | nibble(b[i + 1])?;
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn uuid_parse_matches_the_digit_by_digit_one() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Every byte value in every position of a valid UUID, then random valid ones.
+        let base = *b"0123abcd-ef45-6789-a0b1-c2d3e4f5a6b7";
+        for at in 0..36 {
+            for c in 0..=255u8 {
+                let mut id = base;
+                id[at] = c;
+                assert_eq!(parse_uuid(&id), parse_uuid_slowly(&id), "{at} {c}");
+            }
+        }
+        for _ in 0..10_000 {
+            let bytes = (u128::from(next()) << 64 | u128::from(next())).to_be_bytes();
+            let text = format_uuid(&bytes);
+            assert_eq!(parse_uuid(text.as_bytes()), Some(bytes));
+            assert_eq!(parse_uuid_slowly(text.as_bytes()), Some(bytes));
+        }
+        assert_eq!(parse_uuid(b"0123abcd-ef45-6789-a0b1-c2d3e4f5a6b"), None);
+    }
+
+    #[test]
+    fn bytes_equal_marks_exactly_the_equal_bytes() {
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37) ^ 0x80;
+        }
+        for probe in 0..=255u8 {
+            let got = bytes_equal(u128::from_le_bytes(bytes), probe);
+            let want = bytes
+                .iter()
+                .enumerate()
+                .filter(|&(_, b)| *b == probe)
+                .fold(0u128, |m, (i, _)| m | 0x80 << (8 * i));
+            assert_eq!(got, want, "{probe}");
+        }
+        assert_eq!(lane_mask(0), 0);
+        assert_eq!(lane_mask(2), 0xffff);
+        assert_eq!(lane_mask(16), u128::MAX);
+    }
+
+    #[test]
+    fn duplicate_check_agrees_with_a_scan_of_the_ring() {
+        // Ids that differ only in length, form or a late byte, through a ring that wraps.
+        let ids: Vec<String> = (0..40)
+            .map(|i| match i % 4 {
+                0 => format!("{i}"),
+                1 => format!("{i}\0"),
+                2 => format!("8f14e45f-ceea-467f-a0e6-1c2b3a4d5e{i:02}"),
+                _ => format!("an-id-long-enough-to-be-hashed-{i}"),
+            })
+            .collect();
+        let mut s = CustomerState::new(MAX_RING);
+        for (n, id) in ids.iter().enumerate() {
+            s.remember(entry(id, n as i64), id);
+            for probe in &ids {
+                let c = CompactId::new(probe);
+                let scan = s.recent().any(|r| s.event_id(r) == *probe && r.compact_id() == c);
+                assert_eq!(s.has_seen(&c, probe), scan, "{probe} after {n}");
+            }
+        }
+        assert!(std::mem::size_of::<CustomerState>() <= 376);
+        let newest = s.recent().next_back().map(|r| r.occurred_at());
+        assert_eq!(s.last_event(), newest);
+        assert_eq!(CustomerState::new(3).last_event(), None);
+    }
+
+    #[test]
+    fn customer_keys_hash_and_compare_as_their_text() {
+        assert_eq!(std::mem::size_of::<CustomerKey>(), 24);
+        let h = ahash::RandomState::new();
+        for id in [
+            "",
+            "cust-000042",
+            "exactly-twenty-two-by",
+            "twenty-three-bytes-long",
+            "ü-ñ-ids",
+        ] {
+            let k = CustomerKey::new(id);
+            assert_eq!(k.as_str(), id);
+            assert_eq!(&*k.to_arc(), id);
+            assert_eq!(h.hash_one(&k), h.hash_one(id.as_bytes()), "{id}");
+            assert_eq!(k, CustomerKey::new(id));
+            assert_eq!(matches!(k, CustomerKey::Inline { .. }), id.len() <= 22);
+        }
+    }
+
+    #[test]
+    fn episodes_behave_like_a_vec() {
+        let ep = |journey: u32| Episode {
+            journey,
+            first: i64::from(journey),
+            span: journey,
+            contacts: 1,
+            channels: 2,
+        };
+        let mut s = CustomerState::new(3);
+        let mut v: Vec<Episode> = Vec::new();
+        let mut x = 1u32;
+        for step in 0..500 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let r = x >> 16;
+            match r % 4 {
+                0 | 1 if v.len() < 6 => {
+                    s.push_episode(ep(step));
+                    v.push(ep(step));
+                }
+                2 if !v.is_empty() => {
+                    let i = r as usize % v.len();
+                    s.swap_remove_episode(i);
+                    v.swap_remove(i);
+                }
+                _ => {
+                    s.retain_episodes(|e| !(e.journey ^ r).is_multiple_of(3));
+                    v.retain(|e| !(e.journey ^ r).is_multiple_of(3));
+                }
+            }
+            let held: Vec<u32> = s.episodes().map(|e| e.journey).collect();
+            let want: Vec<u32> = v.iter().map(|e| e.journey).collect();
+            assert_eq!(held, want, "step {step}");
+            assert_eq!(s.episode_count(), v.len());
+        }
+    }
+
     #[test]
     fn event_ids_of_every_form_read_back() {
         let mut s = CustomerState::new(3);
@@ -528,6 +937,7 @@ mod tests {
             assert_eq!(s.event_id(&newest), *id);
             assert!(s.has_seen(&CompactId::new(id), id));
         }
+        assert!(!s.has_seen(&CompactId::new("short-id2"), "short-id2"));
         // Ring of 3: the first two are forgotten, and the long id's text is dropped with it later.
         assert!(!s.has_seen(&CompactId::new(ids[0]), ids[0]));
         assert_eq!(s.recent().len(), 3);

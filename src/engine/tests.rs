@@ -470,3 +470,75 @@ fn shed_drops_the_least_recently_active_customers_without_cases() {
     assert!(engine.customer("c-case").is_some());
     assert!(engine.customer("c3").is_some());
 }
+
+#[test]
+fn reorder_buffer_releases_in_the_order_one_heap_would() {
+    // In-order runs, ties on event time, near and deep stragglers, arrivals during release.
+    let mut reorder = Reorder::default();
+    let mut heap = BinaryHeap::new();
+    let mut released = (Vec::new(), Vec::new());
+    let mut state = 7u64;
+    for seq in 0..2_000u64 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let r = state >> 33;
+        let at = match r % 10 {
+            0 => seq as Millis - (r % 500) as Millis, // a deep straggler
+            1 => seq as Millis - (r % 8) as Millis,   // a near one
+            _ => seq as Millis,                       // in order (ties with the previous one)
+        };
+        let ev = Ev::new(&format!("e{}", r % 97), "c", at, "faq.view", Outcome::Pending).0;
+        heap.push(Reverse(Pending { ev: ev.clone(), seq }));
+        reorder.push(Pending { ev, seq });
+        assert_eq!(reorder.len(), heap.len());
+        if seq % 300 == 299 {
+            let upto = T0 + seq as Millis - 200;
+            while heap.peek().is_some_and(|p| p.0.ev.occurred_at <= upto) {
+                released.0.push(heap.pop().unwrap().0.seq);
+            }
+            while reorder.first().is_some_and(|p| p.ev.occurred_at <= upto) {
+                released.1.push(reorder.pop().unwrap().seq);
+            }
+            assert_eq!(reorder.lowest_seq(), heap.iter().map(|p| p.0.seq).min());
+        }
+    }
+    assert!(!reorder.stragglers.is_empty(), "the test reaches the heap");
+    while let Some(p) = heap.pop() {
+        released.0.push(p.0.seq);
+    }
+    while let Some(p) = reorder.pop() {
+        released.1.push(p.seq);
+    }
+    assert!(reorder.is_empty());
+    assert_eq!(released.0.len(), 2_000);
+    assert_eq!(released.0, released.1);
+}
+
+#[test]
+fn long_customer_ids_behave_like_short_ones() {
+    let long = "customer-id-well-beyond-the-twenty-two-bytes-held-inline";
+    let run = |customer: &str| {
+        let events = vec![
+            Ev::new("a", customer, 0, "payment.transfer", Outcome::Failure),
+            Ev::new("a", customer, MIN, "payment.transfer", Outcome::Failure),
+            Ev::new("b", customer, 2 * MIN, "payment.transfer", Outcome::Success),
+        ];
+        let (fx, engine) = run_all(config_with(0), events);
+        let applied: Vec<String> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Applied { customer, .. } => Some(customer.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(applied, [customer, customer]);
+        assert!(engine.customer(customer).is_some());
+        assert_eq!(engine.customer_count(), 1);
+        (
+            summary(&fx),
+            engine.customer(customer).unwrap().recent_touchpoints,
+        )
+    };
+    assert_eq!(run("c"), run(long));
+}
