@@ -1,20 +1,32 @@
-//! Restore speed: fills a changelog partition on the real broker with customer snapshots, then
-//! times `restore_partition` into an empty engine. `scripts/kafka.sh up` first.
+//! Restore speed: fills a changelog partition on the real broker with customer snapshots (each
+//! with its `cx.offset` header, as the service writes them), then times `restore_partition` into
+//! an empty engine. `scripts/kafka.sh up` first.
 //!
-//! `cargo run --release --example restore_bench -- [RECORDS] [BROKERS]` (default 500000,
-//! 127.0.0.1:19092).
+//! `cargo run --release --example restore_bench -- [RECORDS] [BROKERS] [--bare]` (default 500000,
+//! 127.0.0.1:19092). `--bare` first reads the same partition with the restore's consumer and
+//! discards every record, and reports the restore's rate as a ratio of that baseline: on a shared
+//! machine the broker's speed varies from run to run, the ratio much less.
 
 use cx_sentinel::config::Config;
 use cx_sentinel::engine::{Engine, Stream};
 use cx_sentinel::generator::{Generator, GeneratorConfig};
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let (flags, mut args): (Vec<String>, Vec<String>) =
+        std::env::args().skip(1).partition(|a| a.starts_with("--"));
+    let bare = match flags.as_slice() {
+        [] => false,
+        [f] if f == "--bare" => true,
+        other => anyhow::bail!("unknown flags {other:?}; usage: [RECORDS] [BROKERS] [--bare]"),
+    };
+    args.reverse();
+    let mut args = std::iter::from_fn(move || args.pop());
     let records: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(500_000);
     let brokers = args.next().unwrap_or_else(|| "127.0.0.1:19092".into());
     let topic = format!("restore-bench-{}", std::process::id());
@@ -50,9 +62,14 @@ async fn main() -> anyhow::Result<()> {
         value.clear();
         engine.snapshot(&customer, &mut value);
         bytes += value.len();
+        let offset = seq.to_string();
         let mut record = FutureRecord::to(&topic)
             .key(&customer)
             .payload(&value)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "cx.offset",
+                value: Some(offset.as_str()),
+            }))
             .partition(0);
         loop {
             match producer.send_result(record) {
@@ -73,6 +90,18 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    let baseline = if bare {
+        let started = Instant::now();
+        let n =
+            tokio::task::block_in_place(|| cx_sentinel::service::restore::read_partition_bare(&config, 0))
+                .map_err(anyhow::Error::msg)?;
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        println!("bare read of {n} changelog records: {rate:.0} records/s");
+        Some(rate)
+    } else {
+        None
+    };
+
     let fresh = Engine::new(config.clone());
     let counter = prometheus::IntCounter::new("restored", "restored").unwrap();
     let started = Instant::now();
@@ -81,12 +110,15 @@ async fn main() -> anyhow::Result<()> {
     })
     .map_err(anyhow::Error::msg)?;
     let secs = started.elapsed().as_secs_f64();
+    let rate = counter.get() as f64 / secs;
     println!(
-        "restored {} changelog records into {} customers in {secs:.2}s: {:.0} records/s ({} offsets tracked)",
+        "restored {} changelog records into {} customers in {secs:.2}s: {rate:.0} records/s ({} offsets tracked)",
         counter.get(),
         fresh.customer_count(),
-        counter.get() as f64 / secs,
         offsets.len()
     );
+    if let Some(baseline) = baseline {
+        println!("restore / bare read: {:.2}", rate / baseline);
+    }
     Ok(())
 }

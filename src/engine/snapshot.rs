@@ -8,7 +8,7 @@
 //! accept every older version; a new field means a new version.
 
 use super::Engine;
-use super::state::{Case, CustomerKey, CustomerState, Episode, Extra, NO_TIER, Recent, RuleId};
+use super::state::{Case, CustomerKey, CustomerState, Episode, Extra, MAX_RING, NO_TIER, Recent, RuleId};
 use crate::model::{Channel, Severity};
 use std::sync::Arc;
 
@@ -55,9 +55,6 @@ impl<'a> Reader<'a> {
     }
     fn u16(&mut self) -> Result<u16, SnapshotError> {
         Ok(u16::from_le_bytes(self.arr()?))
-    }
-    fn u32(&mut self) -> Result<u32, SnapshotError> {
-        Ok(u32::from_le_bytes(self.arr()?))
     }
     fn u64(&mut self) -> Result<u64, SnapshotError> {
         Ok(u64::from_le_bytes(self.arr()?))
@@ -131,55 +128,134 @@ impl Engine {
     }
 
     /// Applies one changelog record: a value replaces the customer's state, a tombstone
-    /// (`None`) removes it. Timers are recomputed by the stream that owns the customer.
+    /// (`None`) removes it. Timers are recomputed by the stream that owns the customer. An
+    /// unreadable value leaves the state as it was.
     pub fn restore(&self, customer: &str, value: Option<&[u8]>) -> Result<(), SnapshotError> {
         let Some(value) = value else {
             self.customers.remove(customer.as_bytes());
             return Ok(());
         };
-        let s = self.decode(value)?;
+        // Read and check the whole value first, so that it can then be written into the held
+        // state in place: a restore reads many records per customer, and replacing the state
+        // each time cost an allocation and a free per record.
+        let decoded = Decoded::read(value, self.rules.config.engine.recent_touchpoints)?;
         match self.customers.get_mut(customer.as_bytes()) {
-            Some(mut held) => **held = s,
+            Some(mut held) => self.fill(&mut held, decoded),
             None => {
-                self.customers.insert(CustomerKey::new(customer), Box::new(s));
+                let mut s = Box::new(CustomerState::new(decoded.ring_cap));
+                self.fill(&mut s, decoded);
+                self.customers.insert(CustomerKey::new(customer), s);
             }
         }
         Ok(())
     }
 
-    fn decode(&self, value: &[u8]) -> Result<CustomerState, SnapshotError> {
+    /// Makes `s` the state `d` describes, as a fresh state would be, keeping what heap blocks
+    /// of the old state fit.
+    fn fill(&self, s: &mut CustomerState, d: Decoded<'_>) {
         let r = &self.rules;
+        let episodes = d.episodes.len() / EPISODE_BYTES;
+        let old_extra = s.reset_for_restore(d.ring_cap, episodes);
+        s.score = d.score;
+        if let Some(tier) = d.tier {
+            s.tier = self.tiers.intern(tier, |t| r.tier_multiplier(t)).0;
+        }
+        for e in d.episodes.chunks_exact(EPISODE_BYTES) {
+            s.push_episode(episode_from_bytes(e));
+        }
+        // Long-id texts must be in place before the ring entries that point at them.
+        if !d.extra.long_ids.is_empty() || !d.extra.cases.is_empty() {
+            let mut extra = old_extra.unwrap_or_default();
+            *extra = d.extra;
+            s.extra = Some(extra);
+        }
+        // A customer's ring often holds one type several times (a journey done again): each
+        // distinct name is looked up in the interner (a lock and a hash) once per record.
+        let mut seen: [(&str, u16); MAX_RING] = [("", 0); MAX_RING];
+        let mut n_seen = 0;
+        for &(raw, name) in &d.ring[..d.ring_len] {
+            let id = match seen[..n_seen].iter().find(|(n, _)| *n == name) {
+                Some(&(_, id)) => id,
+                None => {
+                    let (id, _) = self.touchpoint_types.intern(name, |t| r.stake_of_type(t));
+                    let id = u16::try_from(id).unwrap_or(0);
+                    seen[n_seen] = (name, id);
+                    n_seen += 1;
+                    id
+                }
+            };
+            s.push_restored(Recent::from_bytes(raw, id));
+        }
+    }
+
+    /// Earliest timer deadline of a customer, to re-register after a restore.
+    pub(crate) fn restored_deadline(&self, customer: &str) -> Option<(Arc<str>, i64)> {
+        let mut guard = self.customers.get_mut(customer.as_bytes())?;
+        let d = self.next_deadline(&guard);
+        if d == i64::MAX {
+            return None;
+        }
+        guard.queued_deadline = d;
+        Some((guard.key().to_arc(), d))
+    }
+}
+
+/// Bytes of one episode in the changelog: `u32 journey i64 first u32 span u16 contacts u16 channels`.
+const EPISODE_BYTES: usize = 20;
+
+fn episode_from_bytes(b: &[u8]) -> Episode {
+    let at = |from: usize, to: usize| &b[from..to];
+    Episode {
+        journey: u32::from_le_bytes(at(0, 4).try_into().expect("4 bytes")),
+        first: i64::from_le_bytes(at(4, 12).try_into().expect("8 bytes")),
+        span: u32::from_le_bytes(at(12, 16).try_into().expect("4 bytes")),
+        contacts: u16::from_le_bytes(at(16, 18).try_into().expect("2 bytes")),
+        channels: u16::from_le_bytes(at(18, 20).try_into().expect("2 bytes")),
+    }
+}
+
+/// A changelog value read and checked, borrowing from the record: writing it into a state can
+/// no longer fail, so a bad record never leaves a half-written state.
+struct Decoded<'a> {
+    /// Ring size of the restored state: the record's, but no more than configured.
+    ring_cap: usize,
+    score: f64,
+    tier: Option<&'a str>,
+    /// The ring entries the restored ring keeps (the newest), oldest first, with type names.
+    ring: [(&'a [u8; 26], &'a str); MAX_RING],
+    ring_len: usize,
+    /// The episodes, [`EPISODE_BYTES`] each.
+    episodes: &'a [u8],
+    extra: Extra,
+}
+
+impl<'a> Decoded<'a> {
+    fn read(value: &'a [u8], configured_ring: usize) -> Result<Self, SnapshotError> {
         let mut rd = Reader(value);
         let version = rd.u8()?;
         if version != VERSION {
             return Err(SnapshotError::Version(version));
         }
         let cap = rd.u8()?;
-        let mut s = CustomerState::new(r.config.engine.recent_touchpoints.min(cap.max(1) as usize));
-        s.score = f64::from_le_bytes(rd.arr()?);
-        if let Some(tier) = rd.str()? {
-            s.tier = self.tiers.intern(tier, |t| r.tier_multiplier(t)).0;
-        }
+        let ring_cap = configured_ring.min(cap.max(1) as usize).clamp(1, MAX_RING);
+        let score = f64::from_le_bytes(rd.arr()?);
+        let tier = rd.str()?;
         let n = rd.u8()? as usize;
-        let mut entries = Vec::with_capacity(n);
-        for _ in 0..n {
-            let raw: [u8; 26] = rd.arr()?;
+        // A smaller configured ring keeps the newest entries; the older ones are only checked.
+        let skip = n.saturating_sub(ring_cap);
+        let mut ring = [(&[0u8; 26], ""); MAX_RING];
+        for i in 0..n {
+            let raw = rd.take(26)?.try_into().expect("length checked");
             let name = rd
                 .str()?
                 .ok_or(SnapshotError::Malformed("touchpoint type missing"))?;
-            let (id, _) = self.touchpoint_types.intern(name, |t| r.stake_of_type(t));
-            entries.push(Recent::from_bytes(&raw, u16::try_from(id).unwrap_or(0)));
+            if i >= skip {
+                ring[i - skip] = (raw, name);
+            }
         }
+        let ring_len = n - skip;
         let n = rd.u8()? as usize;
-        for _ in 0..n {
-            s.push_episode(Episode {
-                journey: rd.u32()?,
-                first: rd.i64()?,
-                span: rd.u32()?,
-                contacts: rd.u16()?,
-                channels: rd.u16()?,
-            });
-        }
+        let episodes = rd.take(n * EPISODE_BYTES)?;
         let mut extra = Extra::default();
         let n = rd.u8()? as usize;
         for _ in 0..n {
@@ -220,27 +296,15 @@ impl Engine {
         if !rd.0.is_empty() {
             return Err(SnapshotError::Malformed("trailing bytes"));
         }
-        // Long-id texts must be in place before the ring entries that point at them.
-        if !extra.long_ids.is_empty() || !extra.cases.is_empty() {
-            s.extra = Some(Box::new(extra));
-        }
-        // A smaller configured ring keeps the newest entries.
-        let skip = entries.len().saturating_sub(s.ring_cap as usize);
-        for e in entries.into_iter().skip(skip) {
-            s.push_restored(e);
-        }
-        Ok(s)
-    }
-
-    /// Earliest timer deadline of a customer, to re-register after a restore.
-    pub(crate) fn restored_deadline(&self, customer: &str) -> Option<(Arc<str>, i64)> {
-        let mut guard = self.customers.get_mut(customer.as_bytes())?;
-        let d = self.next_deadline(&guard);
-        if d == i64::MAX {
-            return None;
-        }
-        guard.queued_deadline = d;
-        Some((guard.key().to_arc(), d))
+        Ok(Self {
+            ring_cap,
+            score,
+            tier,
+            ring,
+            ring_len,
+            episodes,
+            extra,
+        })
     }
 }
 
@@ -326,5 +390,114 @@ mod tests {
             other.restore("c", Some(&[9])),
             Err(super::SnapshotError::Version(9))
         );
+    }
+
+    /// Snapshots of one customer as its history grows: few to many ring entries, one to three
+    /// episodes, no case to several, short, UUID and long event ids.
+    fn history_snapshots(engine: &Arc<Engine>) -> Vec<Vec<u8>> {
+        let mut stream = Stream::new(engine.clone());
+        let mut out = Vec::new();
+        let mut snapshots = Vec::new();
+        let steps = [
+            ("e0", "billing", "ivr.menu", Outcome::Pending),
+            (
+                "8f14e45f-ceea-467f-a0e6-1c2b3a4d5e6f",
+                "billing",
+                "payment.transfer",
+                Outcome::Failure,
+            ),
+            (
+                "an-event-id-much-longer-than-sixteen-bytes",
+                "claims",
+                "claim.file",
+                Outcome::Escalated,
+            ),
+            ("e3", "travel", "ivr.menu", Outcome::Abandoned),
+            ("e4", "travel", "ivr.menu", Outcome::Pending),
+            ("e5", "billing", "payment.transfer", Outcome::Success),
+        ];
+        for (minute, (id, journey, touchpoint, outcome)) in steps.into_iter().enumerate() {
+            let mut t = tp(id, "c", minute as i64, touchpoint, outcome);
+            t.journey = journey.into();
+            stream.push(t, minute as u64, 0, &mut out);
+            stream.flush(0, &mut out);
+            let mut bytes = Vec::new();
+            assert!(engine.snapshot("c", &mut bytes));
+            snapshots.push(bytes);
+        }
+        snapshots
+    }
+
+    fn view(engine: &Engine) -> serde_json::Value {
+        serde_json::to_value(engine.customer("c").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn restoring_over_a_held_state_is_the_same_as_restoring_into_an_empty_engine() {
+        let snapshots = history_snapshots(&Arc::new(Engine::new(Config::default())));
+        let (small, large) = (&snapshots[0], snapshots.last().unwrap());
+        assert!(large.len() > small.len() + 100, "the history grew");
+        for target in &snapshots {
+            let once = Engine::new(Config::default());
+            once.restore("c", Some(target)).unwrap();
+            // The held state is written in place: whatever it held before must not show.
+            let over = Engine::new(Config::default());
+            for earlier in [large, small, large, target, target] {
+                over.restore("c", Some(earlier)).unwrap();
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            once.snapshot("c", &mut a);
+            over.snapshot("c", &mut b);
+            assert_eq!(a, b);
+            assert_eq!(&a, target, "re-encoding a restored state is byte-identical");
+            assert_eq!(view(&over), view(&once));
+            assert_eq!(over.state_bytes(), once.state_bytes(), "no leftover capacity");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_record_leaves_the_held_state_as_it_was() {
+        let snapshots = history_snapshots(&Arc::new(Engine::new(Config::default())));
+        let good = snapshots.last().unwrap();
+        let engine = Engine::new(Config::default());
+        engine.restore("c", Some(good)).unwrap();
+        let before = view(&engine);
+        let mut trailing = snapshots[0].clone();
+        trailing.push(0);
+        assert_eq!(
+            engine.restore("c", Some(&trailing)),
+            Err(super::SnapshotError::Malformed("trailing bytes"))
+        );
+        assert_eq!(
+            engine.restore("c", Some(&snapshots[1][..snapshots[1].len() - 1])),
+            Err(super::SnapshotError::Truncated)
+        );
+        assert_eq!(view(&engine), before);
+        let mut again = Vec::new();
+        engine.snapshot("c", &mut again);
+        assert_eq!(&again, good);
+    }
+
+    #[test]
+    fn a_smaller_configured_ring_keeps_the_newest_entries() {
+        let snapshots = history_snapshots(&Arc::new(Engine::new(Config::default())));
+        let mut config = Config::default();
+        config.engine.recent_touchpoints = 2;
+        let small = Engine::new(config);
+        small.restore("c", Some(snapshots.last().unwrap())).unwrap();
+        let ids: Vec<String> = small
+            .customer("c")
+            .unwrap()
+            .recent_touchpoints
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        assert_eq!(ids, ["e4", "e5"]);
+        // Written back, the state has the smaller ring, and reads back the same again.
+        let mut bytes = Vec::new();
+        small.snapshot("c", &mut bytes);
+        let other = Engine::new(Config::default());
+        other.restore("c", Some(&bytes)).unwrap();
+        assert_eq!(view(&other), view(&small));
     }
 }

@@ -618,6 +618,21 @@ impl CustomerState {
         self.shrink_extra();
     }
 
+    /// Makes this `CustomerState::new(ring)` again for a restore to refill with `episodes`
+    /// episodes, keeping the heap block of the episodes after the first when it already has the
+    /// exact size they need: a customer's next changelog record usually has as many, and a
+    /// restore reads many records per customer. Returns the out-of-line part, for reuse.
+    pub(crate) fn reset_for_restore(&mut self, ring: usize, episodes: usize) -> Option<Box<Extra>> {
+        let mut more = std::mem::take(&mut self.more_episodes);
+        more.clear();
+        let extra = self.extra.take();
+        *self = Self::new(ring);
+        if more.capacity() == episodes.saturating_sub(1) {
+            self.more_episodes = more;
+        }
+        extra
+    }
+
     /// Appends a restored ring entry (its long-id text, if any, is already in `extra`).
     pub(crate) fn push_restored(&mut self, entry: Recent) {
         let cap = self.ring_cap as usize;

@@ -2,13 +2,15 @@
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::engine::state::CustomerKey;
 use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a restore may wait for the changelog without progress before giving up.
@@ -34,26 +36,167 @@ pub fn restore_partition(
 /// engine, with one consumer fetching all of them at once (a rebalance usually assigns several).
 /// Returns one result per target, in order.
 ///
-/// A partition's end is the first partition-EOF at or past the high watermark listed at the
-/// start. The listed watermark alone is not enough: tansu 0.6 answers ListOffsets with the base
-/// offset of the last record batch plus one, so a restore that stopped there would miss the rest
-/// of a batch of several changelog records.
+/// Reading and applying run on two threads: taking a record from librdkafka (polling, parsing
+/// its headers, freeing it) costs about as much as decoding it into the state, and a restore
+/// holds up the partitions' processing, so it uses a second core when there is one. The reader
+/// copies records into batches and the applier applies them in order, so a customer's records
+/// still apply in changelog order.
 pub fn restore_partitions(
     config: &Config,
     targets: &[(i32, &Engine)],
     restored: &IntCounter,
 ) -> Vec<Result<RestoredOffsets, String>> {
+    let partitions: Vec<i32> = targets.iter().map(|(p, _)| *p).collect();
+    let (full, to_apply) = mpsc::sync_channel::<Batch>(QUEUED_BATCHES);
+    let (empty, to_reuse) = mpsc::channel::<Batch>();
+    // The applier logs unreadable records in the caller's span (partition, assignment).
+    let span = tracing::Span::current();
+    let (read, noted) = std::thread::scope(|scope| {
+        let applier = std::thread::Builder::new()
+            .name("cx-restore-apply".into())
+            .spawn_scoped(scope, move || {
+                let _span = span.enter();
+                let mut noted: Vec<Noted> = targets.iter().map(|_| Noted::default()).collect();
+                for mut batch in to_apply {
+                    for r in &batch.records {
+                        apply(targets[r.target].1, r, &batch.bytes, &mut noted[r.target]);
+                    }
+                    restored.inc_by(batch.records.len() as u64);
+                    batch.clear();
+                    // The reader may have finished; then the batch is simply dropped.
+                    let _ = empty.send(batch);
+                }
+                noted
+            });
+        let applier = match applier {
+            Ok(a) => a,
+            Err(e) => {
+                let e = format!("cannot start the restore thread: {e}");
+                return (partitions.iter().map(|_| Err(e.clone())).collect(), None);
+            }
+        };
+        let mut batch = Batch::default();
+        let read = read_partitions(config, &partitions, |i, m| {
+            batch.push(i, m);
+            if batch.records.len() >= BATCH_RECORDS {
+                let next = to_reuse.try_recv().unwrap_or_default();
+                // Fails only if the applier panicked, which `join` below reports.
+                let _ = full.send(std::mem::replace(&mut batch, next));
+            }
+        });
+        if !batch.records.is_empty() {
+            let _ = full.send(batch);
+        }
+        drop(full);
+        let noted = applier
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read, Some(noted))
+    });
+    let Some(noted) = noted else {
+        return read.into_iter().map(|r| r.map(|()| HashMap::new())).collect();
+    };
+    read.into_iter()
+        .zip(noted)
+        .map(|(r, n)| r.map(|()| n.into_iter().map(|(k, o)| (k.to_arc(), o)).collect()))
+        .collect()
+}
+
+/// Records per batch handed from the reader to the applier: large enough that handing over
+/// costs nothing per record, small enough (about 250 KiB) to stay in cache.
+const BATCH_RECORDS: usize = 1024;
+/// Batches that may wait for the applier: bounds a restore's memory beyond librdkafka's queue.
+const QUEUED_BATCHES: usize = 4;
+
+/// Changelog records copied out of librdkafka, keys and values back to back in one buffer: a
+/// batch is reused once applied, so copying allocates nothing per record.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    records: Vec<Copied>,
+}
+
+/// One changelog record of a [`Batch`].
+struct Copied {
+    /// Index of the record's partition among the targets.
+    target: usize,
+    partition: i32,
+    offset: i64,
+    key: Option<Range<usize>>,
+    /// `None` for a tombstone.
+    value: Option<Range<usize>>,
+    /// The `cx.offset` header: the last input offset the value includes (-1 if absent).
+    input_offset: i64,
+}
+
+impl Batch {
+    fn push(&mut self, target: usize, m: &BorrowedMessage<'_>) {
+        let mut copy = |b: &[u8]| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            start..self.bytes.len()
+        };
+        let key = m.key().map(&mut copy);
+        let value = m.payload().map(&mut copy);
+        // Parsing headers allocates in librdkafka: only a value needs its offset.
+        let input_offset = if value.is_some() {
+            m.headers()
+                .and_then(|h| h.iter().find(|h| h.key == "cx.offset").and_then(|h| h.value))
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                .unwrap_or(-1)
+        } else {
+            -1
+        };
+        self.records.push(Copied {
+            target,
+            partition: m.partition(),
+            offset: m.offset(),
+            key,
+            value,
+            input_offset,
+        });
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+}
+
+/// Reads changelog partition `partition` to its end as a restore does, applying nothing: the
+/// restore's read path alone, so a benchmark can tell fetching from applying. Returns how many
+/// records it read.
+pub fn read_partition_bare(config: &Config, partition: i32) -> Result<u64, String> {
+    let mut n = 0u64;
+    read_partitions(config, &[partition], |_, _| n += 1)
+        .pop()
+        .expect("one result per partition")
+        .map(|()| n)
+}
+
+/// Reads the changelog `partitions` from the beginning to their ends with one consumer, handing
+/// each record to `on_record` with the index of its partition in `partitions`. Returns one
+/// result per partition, in order; a partition's records stop coming once it has failed.
+///
+/// A partition's end is the first partition-EOF at or past the high watermark listed at the
+/// start. The listed watermark alone is not enough: tansu 0.6 answers ListOffsets with the base
+/// offset of the last record batch plus one, so a restore that stopped there would miss the rest
+/// of a batch of several changelog records.
+fn read_partitions(
+    config: &Config,
+    partitions: &[i32],
+    mut on_record: impl FnMut(usize, &BorrowedMessage<'_>),
+) -> Vec<Result<(), String>> {
     let topic = &config.state.changelog_topic;
-    let mut results: Vec<Result<RestoredOffsets, String>> =
-        targets.iter().map(|_| Ok(HashMap::new())).collect();
+    let mut results: Vec<Result<(), String>> = partitions.iter().map(|_| Ok(())).collect();
     let consumer = match restore_consumer(config) {
         Ok(c) => c,
-        Err(e) => return targets.iter().map(|_| Err(e.clone())).collect(),
+        Err(e) => return partitions.iter().map(|_| Err(e.clone())).collect(),
     };
-    // Per target: (next offset to read, listed high watermark, done).
-    let mut progress: Vec<(i64, i64, bool)> = Vec::with_capacity(targets.len());
+    // Per partition: (next offset to read, listed high watermark, done).
+    let mut progress: Vec<(i64, i64, bool)> = Vec::with_capacity(partitions.len());
     let mut tpl = TopicPartitionList::new();
-    for (i, (partition, _)) in targets.iter().enumerate() {
+    for (i, partition) in partitions.iter().enumerate() {
         match consumer.fetch_watermarks(topic, *partition, Duration::from_secs(10)) {
             Ok((low, high)) if high > low => {
                 progress.push((low, high, false));
@@ -73,18 +216,21 @@ pub fn restore_partitions(
         return results;
     }
     if let Err(e) = consumer.assign(&tpl) {
-        return targets.iter().map(|_| Err(e.to_string())).collect();
+        return partitions.iter().map(|_| Err(e.to_string())).collect();
     }
-    let index: HashMap<i32, usize> = targets.iter().enumerate().map(|(i, (p, _))| (*p, i)).collect();
-    let mut last_progress = Instant::now();
+    let index: HashMap<i32, usize> = partitions.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    // Since when polls have found nothing; read only then, not per record (a clock read per
+    // record was a few percent of a restore).
+    let mut idle_since: Option<Instant> = None;
+    let mut last = 0;
     while progress.iter().any(|p| !p.2) {
         match consumer.poll(Duration::from_millis(200)) {
             None => {
-                if last_progress.elapsed() > STALL {
+                if idle_since.get_or_insert_with(Instant::now).elapsed() > STALL {
                     for (i, p) in progress.iter().enumerate().filter(|(_, p)| !p.2) {
                         results[i] = Err(format!(
                             "changelog '{topic}' partition {}: no progress for {STALL:?} at offset {} of {}",
-                            targets[i].0, p.0, p.1
+                            partitions[i], p.0, p.1
                         ));
                     }
                     break;
@@ -99,19 +245,24 @@ pub fn restore_partitions(
             }
             Some(Err(e)) => {
                 for (i, _) in progress.iter().enumerate().filter(|(_, p)| !p.2) {
-                    results[i] = Err(format!("changelog '{topic}' partition {}: {e}", targets[i].0));
+                    results[i] = Err(format!("changelog '{topic}' partition {}: {e}", partitions[i]));
                 }
                 break;
             }
             Some(Ok(m)) => {
-                last_progress = Instant::now();
-                let Some(&i) = index.get(&m.partition()) else {
+                idle_since = None;
+                // Records come in runs from one partition: check the last one's before hashing.
+                let i = if partitions.get(last) == Some(&m.partition()) {
+                    last
+                } else if let Some(&i) = index.get(&m.partition()) {
+                    i
+                } else {
                     continue;
                 };
+                last = i;
                 progress[i].0 = m.offset() + 1;
-                restored.inc();
-                if let Ok(offsets) = &mut results[i] {
-                    apply(targets[i].1, &m, offsets);
+                if results[i].is_ok() {
+                    on_record(i, &m);
                 }
             }
         }
@@ -141,34 +292,97 @@ fn restore_consumer(config: &Config) -> Result<BaseConsumer, String> {
     cc.create().map_err(|e| e.to_string())
 }
 
+/// The input offsets a restore notes as it reads, keyed as the state map is: most customer ids
+/// fit inline, so finding one compares bytes in the map's slot instead of following a pointer to
+/// a shared string (a cache miss per record with many customers). Becomes [`RestoredOffsets`]
+/// once, at the end.
+type Noted = HashMap<CustomerKey, i64, ahash::RandomState>;
+
 /// Applies one changelog record to `engine` and notes the input offset it includes.
-fn apply(engine: &Engine, m: &BorrowedMessage<'_>, offsets: &mut RestoredOffsets) {
-    let partition = m.partition();
-    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+fn apply(engine: &Engine, r: &Copied, bytes: &[u8], noted: &mut Noted) {
+    let partition = r.partition;
+    let Some(key) = r.key.clone().and_then(|k| std::str::from_utf8(&bytes[k]).ok()) else {
         tracing::error!(
             partition,
-            offset = m.offset(),
+            offset = r.offset,
             "changelog record without a UTF-8 key; skipped"
         );
         return;
     };
-    if let Err(e) = engine.restore(key, m.payload()) {
-        tracing::error!(partition, offset = m.offset(), error = %e, "changelog record unreadable; skipped");
+    let value = r.value.clone().map(|v| &bytes[v]);
+    if let Err(e) = engine.restore(key, value) {
+        tracing::error!(partition, offset = r.offset, error = %e, "changelog record unreadable; skipped");
         return;
     }
-    if m.payload().is_none() {
-        offsets.remove(key);
+    if value.is_none() {
+        noted.remove(key.as_bytes());
         return;
     }
-    let applied = m
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == "cx.offset").and_then(|h| h.value))
-        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-        .unwrap_or(-1);
-    match offsets.get_mut(key) {
-        Some(o) => *o = (*o).max(applied),
+    match noted.get_mut(key.as_bytes()) {
+        Some(o) => *o = (*o).max(r.input_offset),
         None => {
-            offsets.insert(Arc::from(key), applied);
+            noted.insert(CustomerKey::new(key), r.input_offset);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Stream;
+    use crate::generator::{Generator, GeneratorConfig};
+
+    #[test]
+    fn apply_keeps_the_highest_input_offset_per_restored_customer() {
+        // A real snapshot of some customer.
+        let source = Arc::new(Engine::new(Config::default()));
+        let mut stream = Stream::new(source.clone());
+        let tp = Generator::new(GeneratorConfig::default()).next_touchpoint();
+        let customer = tp.customer_id.clone();
+        let mut out = Vec::new();
+        stream.push(tp, 0, 0, &mut out);
+        stream.flush(0, &mut out);
+        let mut value = Vec::new();
+        assert!(source.snapshot(&customer, &mut value));
+
+        let mut batch = Batch::default();
+        let mut push = |key: &[u8], value: Option<&[u8]>, input_offset: i64| {
+            let offset = batch.records.len() as i64;
+            let mut copy = |b: &[u8]| {
+                let start = batch.bytes.len();
+                batch.bytes.extend_from_slice(b);
+                start..batch.bytes.len()
+            };
+            let (key, value) = (Some(copy(key)), value.map(copy));
+            batch.records.push(Copied {
+                target: 0,
+                partition: 0,
+                offset,
+                key,
+                value,
+                input_offset,
+            });
+        };
+        let c = customer.as_bytes();
+        push(c, Some(&value), 7);
+        push(c, Some(&value), 5);
+        push(b"gone", Some(&value), 9);
+        push(b"gone", None, -1);
+        push(b"bad", Some(&value[..3]), 11);
+        push(&[0xff, 0xfe], Some(&value), 12);
+
+        let engine = Engine::new(Config::default());
+        let mut noted = Noted::default();
+        for r in &batch.records {
+            apply(&engine, r, &batch.bytes, &mut noted);
+        }
+        let noted: RestoredOffsets = noted.into_iter().map(|(k, o)| (k.to_arc(), o)).collect();
+        assert_eq!(noted, HashMap::from([(Arc::from(customer.as_str()), 7)]));
+        assert_eq!(
+            engine.customer_count(),
+            1,
+            "tombstoned, unreadable and unkeyed skipped"
+        );
+        assert!(engine.customer(&customer).is_some());
     }
 }
