@@ -99,6 +99,10 @@ struct Args {
     /// Duration of the latency run (0 skips it).
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
+    /// Seconds at the latency rate before measuring starts (connections, producer id, first
+    /// fetches); alerts triggered in them are not counted.
+    #[arg(long, default_value_t = 2)]
+    latency_warmup_seconds: u64,
     /// Where the JSON result goes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench/e2e.json"))]
     out: PathBuf,
@@ -544,7 +548,8 @@ struct Deliveries {
     ok: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
-    ack_ms: Option<Mutex<Vec<i64>>>,
+    /// (creation time, creation → acknowledgement) of each record, both ms.
+    ack_ms: Option<Mutex<Vec<(i64, i64)>>>,
 }
 
 impl ClientContext for Deliveries {}
@@ -557,7 +562,9 @@ impl ProducerContext for Deliveries {
             Ok(m) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 if let (Some(acks), Some(created)) = (&self.ack_ms, m.timestamp().to_millis()) {
-                    acks.lock().expect("not poisoned").push(now_ms() - created);
+                    acks.lock()
+                        .expect("not poisoned")
+                        .push((created, now_ms() - created));
                 }
             }
             Err((e, _)) => {
@@ -1347,9 +1354,16 @@ async fn sentinel_throughput(
 struct Latency {
     rate: f64,
     seconds: u64,
+    warmup: u64,
     input: Paced,
     /// Alert age when read back (ms), sorted.
     ages_ms: Vec<i64>,
+    /// The two legs of each age (ms), each sorted: trigger produced → processed (`detected_at`),
+    /// and processed → read back. Same host, same clock.
+    to_detect_ms: Vec<i64>,
+    after_detect_ms: Vec<i64>,
+    /// Alerts triggered during the warm-up, not counted.
+    warmup_alerts: u64,
     /// Alerts fired by timers (event time is a deadline, not a produce time).
     timer_alerts: u64,
     undecodable: u64,
@@ -1377,8 +1391,18 @@ fn latency_producer_config(brokers: &str) -> ClientConfig {
     cc
 }
 
-/// Produces `rate` touchpoints a second for `secs`, each stamped `occurred_at = now`.
-fn paced(brokers: &str, topic: &str, generator: GeneratorConfig, rate: f64, secs: u64) -> Result<Paced> {
+/// Produces `rate` touchpoints a second for `warmup + secs`, each stamped `occurred_at = now`.
+/// Only what is created after the warm-up counts: the first records wait for the producer's
+/// connection and idempotent producer id (up to a second on tansu), and for the service's first
+/// fetches, which a long-running application does not pay per record.
+fn paced(
+    brokers: &str,
+    topic: &str,
+    generator: GeneratorConfig,
+    rate: f64,
+    warmup: u64,
+    secs: u64,
+) -> Result<Paced> {
     let deliveries = Deliveries {
         ack_ms: Some(Mutex::new(Vec::new())),
         ..Deliveries::default()
@@ -1387,10 +1411,11 @@ fn paced(brokers: &str, topic: &str, generator: GeneratorConfig, rate: f64, secs
         .create_with_context(deliveries)
         .context("creating the paced producer")?;
     let mut generator = Generator::new(generator);
-    let total = (rate * secs as f64) as u64;
+    let total = (rate * (warmup + secs) as f64) as u64;
     let mut payload = Vec::with_capacity(512);
     let mut sent = 0u64;
     let started = Instant::now();
+    let measured_from = now_ms() + 1000 * warmup as i64;
     while sent < total {
         let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
         while sent < due {
@@ -1402,7 +1427,7 @@ fn paced(brokers: &str, topic: &str, generator: GeneratorConfig, rate: f64, secs
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    let secs = started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64() - warmup as f64;
     producer
         .flush(Duration::from_secs(60))
         .context("flushing the paced producer")?;
@@ -1410,7 +1435,7 @@ fn paced(brokers: &str, topic: &str, generator: GeneratorConfig, rate: f64, secs
         .context()
         .check(total)
         .context("the latency run's input")?;
-    let mut ack_ms = std::mem::take(
+    let acks = std::mem::take(
         &mut *producer
             .context()
             .ack_ms
@@ -1419,18 +1444,31 @@ fn paced(brokers: &str, topic: &str, generator: GeneratorConfig, rate: f64, secs
             .lock()
             .expect("not poisoned"),
     );
+    let mut ack_ms: Vec<i64> = acks
+        .into_iter()
+        .filter(|&(created, _)| created >= measured_from)
+        .map(|(_, ms)| ms)
+        .collect();
     ack_ms.sort_unstable();
     Ok(Paced {
         produced: total,
+        measured: ack_ms.len() as u64,
         secs,
+        measured_from,
         ack_ms,
     })
 }
 
 struct Paced {
+    /// Records produced, warm-up included.
     produced: u64,
+    /// Records created after the warm-up.
+    measured: u64,
+    /// Duration of the measured part.
     secs: f64,
-    /// Creation to acknowledgement of each input record (ms), sorted.
+    /// Wall-clock ms when the warm-up ended.
+    measured_from: i64,
+    /// Creation to acknowledgement of each measured input record (ms), sorted.
     ack_ms: Vec<i64>,
 }
 
@@ -1444,7 +1482,8 @@ fn quantile(sorted: &[i64], q: f64) -> Option<f64> {
 }
 
 struct AlertAges {
-    ages_ms: Vec<i64>,
+    /// (event time, detected at, read at) of each alert a touchpoint triggered, ms.
+    seen: Vec<(i64, i64, i64)>,
     timer_alerts: u64,
     undecodable: u64,
 }
@@ -1457,7 +1496,7 @@ async fn read_alerts(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> AlertAges {
     let mut out = AlertAges {
-        ages_ms: Vec::new(),
+        seen: Vec::new(),
         timer_alerts: 0,
         undecodable: 0,
     };
@@ -1473,7 +1512,7 @@ async fn read_alerts(
                         Ok(a) if matches!(a.rule.as_str(), "sla_breach" | "case_expired") => {
                             out.timer_alerts += 1
                         }
-                        Ok(a) => out.ages_ms.push(now - a.event_time),
+                        Ok(a) => out.seen.push((a.event_time, a.detected_at, now)),
                         Err(_) => out.undecodable += 1,
                     }
                 }
@@ -1519,8 +1558,12 @@ async fn latency_run(
             seed: generator.seed.wrapping_add(1),
             ..generator.clone()
         };
-        let (rate, secs) = (args.latency_rate, args.latency_seconds);
-        tokio::task::spawn_blocking(move || paced(&brokers, &topic, generator, rate, secs)).await??
+        let (rate, warmup, secs) = (
+            args.latency_rate,
+            args.latency_warmup_seconds,
+            args.latency_seconds,
+        );
+        tokio::task::spawn_blocking(move || paced(&brokers, &topic, generator, rate, warmup, secs)).await??
     };
 
     // Wait for the service to finish and the reader to catch up.
@@ -1546,14 +1589,31 @@ async fn latency_run(
         previous_alerts = Some(alerts);
     };
     let _ = stop_reader.send(());
-    let mut ages = reader.await.context("alert reader")?;
+    let ages = reader.await.context("alert reader")?;
     svc.stop().await?;
-    ages.ages_ms.sort_unstable();
+    let (mut ages_ms, mut to_detect_ms, mut after_detect_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut warmup_alerts = 0;
+    for &(event_time, detected_at, read_at) in &ages.seen {
+        if event_time < input.measured_from {
+            warmup_alerts += 1;
+            continue;
+        }
+        ages_ms.push(read_at - event_time);
+        to_detect_ms.push(detected_at - event_time);
+        after_detect_ms.push(read_at - detected_at);
+    }
+    for v in [&mut ages_ms, &mut to_detect_ms, &mut after_detect_ms] {
+        v.sort_unstable();
+    }
     Ok(Latency {
         rate: args.latency_rate,
         seconds: args.latency_seconds,
+        warmup: args.latency_warmup_seconds,
         input,
-        ages_ms: ages.ages_ms,
+        ages_ms,
+        to_detect_ms,
+        after_detect_ms,
+        warmup_alerts,
         timer_alerts: ages.timer_alerts,
         undecodable: ages.undecodable,
         histogram_p99_ms: m.histogram_quantile(END_TO_END_SECONDS, 0.99).map(|s| s * 1e3),
@@ -1667,10 +1727,11 @@ impl Report<'_> {
         line(String::new());
         match &self.latency {
             Some(l) => line(format!(
-                "latency at {:.0} events/s offered for {} s: {} alerts; p50 {} ms, p99 {} ms, p999 {} ms \
-                 (service histogram p99 ~ {} ms)",
+                "latency at {:.0} events/s offered for {} s after {} s warm-up: {} alerts; p50 {} ms, \
+                 p99 {} ms, p999 {} ms (service histogram p99 ~ {} ms, warm-up included)",
                 l.rate,
                 l.seconds,
+                l.warmup,
                 l.ages_ms.len(),
                 opt(l.quantile(0.5), 0),
                 opt(l.quantile(0.99), 0),
@@ -1678,6 +1739,14 @@ impl Report<'_> {
                 opt(l.histogram_p99_ms, 1),
             )),
             None => line("latency: skipped".into()),
+        }
+        if let Some(l) = &self.latency {
+            let legs = |v: &[i64]| [0.5, 0.99, 0.999].map(|q| opt(quantile(v, q), 0)).join("/");
+            line(format!(
+                "  legs p50/p99/p999 ms: produced -> processed {}; processed -> read back {}",
+                legs(&l.to_detect_ms),
+                legs(&l.after_detect_ms)
+            ));
         }
         line(format!(
             "memory: +{:.1} MB resident for {} customers = {:.0} bytes/customer (engine estimate {:.0})",
@@ -1777,7 +1846,10 @@ impl Latency {
             "offered_rate": self.rate,
             "seconds": self.seconds,
             "produced": self.input.produced,
-            "achieved_rate": self.input.produced as f64 / self.input.secs,
+            "warmup_seconds": self.warmup,
+            "warmup_alerts": self.warmup_alerts,
+            "measured": self.input.measured,
+            "achieved_rate": self.input.measured as f64 / self.input.secs,
             "input_ack_p50_ms": quantile(&self.input.ack_ms, 0.5),
             "input_ack_p99_ms": quantile(&self.input.ack_ms, 0.99),
             "reader_fetch_wait_ms": READER_FETCH_WAIT_MS,
@@ -1789,6 +1861,12 @@ impl Latency {
             "p99_ms": self.quantile(0.99),
             "p999_ms": self.quantile(0.999),
             "max_ms": self.ages_ms.last(),
+            "to_detect_p50_ms": quantile(&self.to_detect_ms, 0.5),
+            "to_detect_p99_ms": quantile(&self.to_detect_ms, 0.99),
+            "to_detect_p999_ms": quantile(&self.to_detect_ms, 0.999),
+            "after_detect_p50_ms": quantile(&self.after_detect_ms, 0.5),
+            "after_detect_p99_ms": quantile(&self.after_detect_ms, 0.99),
+            "after_detect_p999_ms": quantile(&self.after_detect_ms, 0.999),
             "service_histogram_p50_ms": self.histogram_p50_ms,
             "service_histogram_p99_ms": self.histogram_p99_ms,
             "processing_p50_us": self.processing_p50_us,
