@@ -105,7 +105,7 @@ struct Batch {
     sent: bool,
     /// While open: changed customers → the last input offset applied to them (-1 for changes no
     /// record made: a timer, an eviction, shedding).
-    staged: HashMap<Arc<str>, i64>,
+    staged: HashMap<Arc<str>, i64, ahash::RandomState>,
     /// Filled when sealed: (customer, its state's bytes in `arena` or None for a tombstone, last
     /// input offset applied to it).
     records: Vec<(Arc<str>, Option<std::ops::Range<usize>>, i64)>,
@@ -147,7 +147,7 @@ impl Part {
                     alerts_unacked: 0,
                     changelog_unacked: 0,
                     sent: false,
-                    staged: HashMap::new(),
+                    staged: HashMap::default(),
                     records: Vec::new(),
                     arena: Vec::new(),
                     holders: Vec::new(),
@@ -176,7 +176,7 @@ impl Part {
             })
             .collect();
         b.arena = arena;
-        b.staged = HashMap::new();
+        b.staged = HashMap::default();
     }
 
     /// Whether the open batch is due to be sealed.
@@ -965,9 +965,12 @@ impl Pipeline {
                 _ => return,
             }
             let head = part.batches.pop_front().expect("checked above");
+            // Release them all, then store the commit position once: storing it per record
+            // (a librdkafka call each) cost more than the rest of the bookkeeping.
             for h in head.holders {
-                self.finish(partition, h);
+                part.release(h);
             }
+            self.store_committable(partition);
         }
     }
 
@@ -977,6 +980,14 @@ impl Pipeline {
             return;
         };
         part.release(offset);
+        self.store_committable(partition);
+    }
+
+    /// Stores the partition's commit position for the next commit, if it moved.
+    fn store_committable(&mut self, partition: i32) {
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return;
+        };
         let committable = part.committable();
         if committable > part.stored && !self.eos {
             match self
