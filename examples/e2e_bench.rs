@@ -42,6 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+cx_sentinel::install_allocator!();
+
 /// Schema id written in the Confluent header of every generated touchpoint.
 const INPUT_SCHEMA_ID: u32 = 1;
 /// Schema id of alerts when `--output-format confluent-avro`.

@@ -40,6 +40,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+cx_sentinel::install_allocator!();
+
 /// Input (and changelog) partitions; the mock cluster has three brokers.
 const PARTITIONS: i32 = 3;
 

@@ -16,6 +16,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+cx_sentinel::install_allocator!();
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let (flags, mut args): (Vec<String>, Vec<String>) =

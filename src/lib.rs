@@ -12,6 +12,7 @@
 //! - [`service`]: the Kafka consumer/producer loop, dead letters, offsets, HTTP, shutdown.
 //! - [`demo`]: the service against an in-process cluster fed by the generator.
 //! - [`generator`]: realistic multi-channel journeys (some going wrong) for the demo and benchmarks.
+//! - [`Allocator`], [`install_allocator!`]: the process allocator (jemalloc) of the binary and benchmarks.
 
 pub mod codec;
 pub mod config;
@@ -22,3 +23,39 @@ pub mod metrics;
 pub mod model;
 pub mod replay;
 pub mod service;
+
+/// The allocator the binary and the benchmarks install: the system's where jemalloc is not used.
+#[cfg(not(all(target_os = "linux", not(target_env = "musl"))))]
+pub use std::alloc::System as Allocator;
+/// The allocator the binary and the benchmarks install, through [`install_allocator!`]: jemalloc
+/// on Linux, built with unprefixed `malloc`/`free` so librdkafka's C allocations use it too.
+/// glibc's malloc made the pipeline thread wait on an arena lock whenever it freed a consumed
+/// message that a librdkafka broker thread had allocated (docs/benchmark.md).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+pub use tikv_jemallocator::Jemalloc as Allocator;
+
+/// jemalloc's built-in options (the `MALLOC_CONF` environment variable still overrides them):
+/// two arenas for two busy threads instead of four per core, and freed pages returned within a
+/// second instead of ten, so resident memory tracks the state held.
+pub const MALLOC_CONF: &std::ffi::CStr = c"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0";
+
+/// A C string pointer that may live in a `static` (jemalloc reads `malloc_conf` at start-up).
+#[repr(transparent)]
+pub struct MallocConf(pub *const std::ffi::c_char);
+// SAFETY: it points at a `'static` string that is never written.
+unsafe impl Sync for MallocConf {}
+
+/// Installs [`Allocator`] as the global allocator, with [`MALLOC_CONF`]. Call once, at the top
+/// level of a binary (the service, the benchmarks), so they all measure the same allocator.
+#[macro_export]
+macro_rules! install_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::Allocator = $crate::Allocator;
+
+        #[cfg(all(target_os = "linux", not(target_env = "musl")))]
+        #[unsafe(export_name = "malloc_conf")]
+        #[used]
+        static MALLOC_CONF: $crate::MallocConf = $crate::MallocConf($crate::MALLOC_CONF.as_ptr());
+    };
+}

@@ -8,6 +8,8 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+cx_sentinel::install_allocator!();
+
 #[derive(Parser)]
 #[command(
     version,
