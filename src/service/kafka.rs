@@ -11,6 +11,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
+use rdkafka::util::IntoOpaque;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -109,15 +112,66 @@ pub struct SentinelContext {
     pub(crate) producer: Mutex<Option<Arc<SentinelProducer>>>,
 }
 
-/// The broker's answer to one send, identified by the token it was sent with.
+/// The broker's answer to a send, identified by the token it was sent with: one record's, or a
+/// whole group's once its last record is acknowledged ([`Group`]).
 pub struct Delivery {
     pub token: usize,
-    /// On failure, the record comes back so it can be sent again.
-    pub result: Result<(), (KafkaError, OwnedMessage)>,
+    /// On failure, the record comes back so it can be sent again; a grouped record comes back
+    /// with its group, to be sent again under it.
+    pub result: Result<(), (KafkaError, OwnedMessage, Option<Arc<Group>>)>,
 }
 
-/// Producer context: forwards every delivery report to the pipeline as a [`Delivery`]. A plain
-/// token per record instead of a future per record: no allocation, no waker per send.
+/// Records acknowledged as one (a changelog batch): the producer's delivery callback counts them
+/// down and reports once, when the last is in, instead of once per record. A failed record is
+/// reported on its own and does not count down until a re-send under the same group succeeds.
+pub struct Group {
+    token: usize,
+    remaining: AtomicUsize,
+}
+
+impl Group {
+    /// A group of `records` sends, reported as `token`.
+    pub fn new(token: usize, records: usize) -> Arc<Self> {
+        Arc::new(Self {
+            token,
+            remaining: AtomicUsize::new(records),
+        })
+    }
+}
+
+/// What a send carries to its delivery report: a record's own token, or its group.
+pub enum Opaque {
+    Token(usize),
+    Group(Arc<Group>),
+}
+
+// A tagged pointer: `Arc` pointers are aligned, so an odd value is a token shifted left by one.
+impl IntoOpaque for Opaque {
+    fn into_ptr(self) -> *mut c_void {
+        match self {
+            Opaque::Token(t) => ((t << 1) | 1) as *mut c_void,
+            Opaque::Group(g) => Arc::into_raw(g) as *mut c_void,
+        }
+    }
+
+    unsafe fn from_ptr(ptr: *mut c_void) -> Self {
+        let v = ptr as usize;
+        if v & 1 == 1 {
+            Opaque::Token(v >> 1)
+        } else {
+            // SAFETY: an even value came from `Arc::into_raw` in `into_ptr`, and librdkafka hands
+            // each message's opaque back exactly once (its delivery report, or a failed enqueue).
+            Opaque::Group(unsafe { Arc::from_raw(ptr as *const Group) })
+        }
+    }
+}
+
+/// Tokens keep their top bit free for the tag of [`Opaque`].
+pub const TOKEN_MASK: usize = usize::MAX >> 1;
+
+/// Producer context: forwards delivery reports to the pipeline as [`Delivery`]s. A plain token
+/// per record instead of a future per record (no allocation, no waker per send), and one report
+/// per group of records.
 pub struct DeliveryContext {
     reports: UnboundedSender<Delivery>,
 }
@@ -125,15 +179,34 @@ pub struct DeliveryContext {
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Opaque;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, token: usize) {
-        let result = match result {
-            Ok(_) => Ok(()),
-            Err((e, msg)) => Err((e.clone(), msg.detach())),
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Opaque) {
+        let delivery = match (result, opaque) {
+            (Ok(_), Opaque::Token(token)) => Delivery {
+                token,
+                result: Ok(()),
+            },
+            (Ok(_), Opaque::Group(group)) => {
+                if group.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+                    return;
+                }
+                Delivery {
+                    token: group.token,
+                    result: Ok(()),
+                }
+            }
+            (Err((e, msg)), Opaque::Token(token)) => Delivery {
+                token,
+                result: Err((e.clone(), msg.detach(), None)),
+            },
+            (Err((e, msg)), Opaque::Group(group)) => Delivery {
+                token: group.token,
+                result: Err((e.clone(), msg.detach(), Some(group))),
+            },
         };
         // The pipeline is gone (shutting down): nobody is left to account for the record.
-        let _ = self.reports.send(Delivery { token, result });
+        let _ = self.reports.send(delivery);
     }
 }
 

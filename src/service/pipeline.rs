@@ -2,7 +2,7 @@
 //! is stored only once everything before it is finished and acknowledged.
 
 use super::codecs::{InputDecoder, InputError, OutputEncoder};
-use super::kafka::{self, Delivery, RebalanceEvent, SentinelContext, SentinelProducer};
+use super::kafka::{self, Delivery, Group, Opaque, RebalanceEvent, SentinelContext, SentinelProducer};
 use super::restore::RestoredOffsets;
 use super::{ServiceError, Shared};
 use crate::config::Config;
@@ -772,7 +772,8 @@ impl Pipeline {
 
     /// Enqueues a record, waiting while the producer's queue is full (backpressure on the
     /// input); `owner`, the input offset it belongs to, stays unfinished until the broker
-    /// acknowledges it. Every alert, dead letter and changelog record goes out through here.
+    /// acknowledges it. Every alert and dead letter goes out through here; changelog records go
+    /// out in groups, one report per batch ([`Pipeline::batch_progress`]).
     async fn send(&mut self, partition: i32, owner: Option<i64>, sent: Sent, out: Out<'_>) {
         let epoch = self.parts.get(&partition).map_or(u64::MAX, |p| p.epoch);
         if let Some(owner) = owner
@@ -780,16 +781,37 @@ impl Pipeline {
         {
             part.hold(owner);
         }
+        let topic = self.topics.of(&sent);
+        let token = self.take_token();
+        self.enqueue(&topic, Opaque::Token(token), out).await;
+        self.outstanding.insert(
+            token,
+            Outstanding {
+                partition,
+                epoch,
+                offset: owner,
+                sent,
+            },
+        );
+    }
+
+    /// A fresh delivery token.
+    fn take_token(&mut self) -> usize {
+        let token = self.next_token;
+        self.next_token = token.wrapping_add(1) & kafka::TOKEN_MASK;
+        token
+    }
+
+    /// Hands one record to the producer, waiting while its queue is full and retrying other
+    /// enqueue errors; never drops it.
+    async fn enqueue(&self, topic: &str, opaque: Opaque, out: Out<'_>) {
         let Out {
             key,
             payload,
             headers,
             partition: to,
         } = out;
-        let topic = self.topics.of(&sent);
-        let token = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1);
-        let mut record = BaseRecord::with_opaque_to(&topic, token)
+        let mut record = BaseRecord::with_opaque_to(topic, opaque)
             .key(key)
             .headers(headers);
         if let Some(p) = payload {
@@ -809,27 +831,19 @@ impl Pipeline {
                     self.shared
                         .metrics
                         .produce_errors
-                        .with_label_values(&[&topic])
+                        .with_label_values(&[topic])
                         .inc();
-                    tracing::error!(topic = %topic, error = %e, "cannot enqueue record; retrying in 1s");
+                    tracing::error!(topic, error = %e, "cannot enqueue record; retrying in 1s");
                     record = r;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
-        self.outstanding.insert(
-            token,
-            Outstanding {
-                partition,
-                epoch,
-                offset: owner,
-                sent,
-            },
-        );
     }
 
     async fn delivered(&mut self, delivery: Delivery) {
-        let Some(done) = self.outstanding.remove(&delivery.token) else {
+        let token = delivery.token;
+        let Some(done) = self.outstanding.remove(&token) else {
             // Sent by a producer replaced since (exactly_once recovery): settles nothing.
             return;
         };
@@ -882,7 +896,7 @@ impl Pipeline {
                     self.finish(done.partition, offset);
                 }
             }
-            Err((e, _)) if self.eos => {
+            Err((e, _, _)) if self.eos => {
                 // Inside a transaction a lost send cannot be patched up: abort and replay.
                 let topic = self.topics.of(&done.sent);
                 tracing::warn!(topic = %topic, error = %e, "delivery failed; the transaction will abort");
@@ -891,7 +905,7 @@ impl Pipeline {
             Err(_) if !current => {
                 // The partition is gone: its records are processed again from the last commit.
             }
-            Err((e, msg)) => {
+            Err((e, msg, group)) => {
                 // Not acknowledged after librdkafka's own retries: send again, never drop.
                 let topic = self.topics.of(&done.sent);
                 self.shared
@@ -911,10 +925,20 @@ impl Pipeline {
                     headers: msg.headers().cloned().unwrap_or_else(OwnedHeaders::new),
                     partition: matches!(done.sent, Sent::Changelog { .. }).then(|| msg.partition()),
                 };
-                // The new send holds the owner again; the failed one lets go.
-                self.send(done.partition, done.offset, done.sent, out).await;
-                if let Some(offset) = done.offset {
-                    self.finish(done.partition, offset);
+                match group {
+                    // A changelog record: sent again under its batch's group, which still waits.
+                    Some(group) => {
+                        let topic = self.topics.of(&done.sent);
+                        self.enqueue(&topic, Opaque::Group(group), out).await;
+                        self.outstanding.insert(token, done);
+                    }
+                    None => {
+                        // The new send holds the owner again; the failed one lets go.
+                        self.send(done.partition, done.offset, done.sent, out).await;
+                        if let Some(offset) = done.offset {
+                            self.finish(done.partition, offset);
+                        }
+                    }
                 }
             }
         }
@@ -935,16 +959,34 @@ impl Pipeline {
             }
             if !b.sent {
                 b.sent = true;
-                b.changelog_unacked = b.records.len();
+                // One group report per batch (none for an empty one).
+                b.changelog_unacked = usize::from(!b.records.is_empty());
                 ready.push((b.id, std::mem::take(&mut b.records), std::mem::take(&mut b.arena)));
             }
         }
+        let epoch = part.epoch;
         for (id, records, arena) in ready {
+            if records.is_empty() {
+                continue;
+            }
+            // One report for the whole batch: no per-record bookkeeping on acknowledgement.
+            let token = self.take_token();
+            let group = Group::new(token, records.len());
+            self.outstanding.insert(
+                token,
+                Outstanding {
+                    partition,
+                    epoch,
+                    offset: None,
+                    sent: Sent::Changelog { batch: id },
+                },
+            );
+            let topic = self.topics.changelog.clone();
+            let mut digits = itoa::Buffer::new();
             for (customer, value, offset) in records {
-                let offset = offset.to_string();
-                let headers = OwnedHeaders::new().insert(Header {
+                let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
                     key: "cx.offset",
-                    value: Some(offset.as_str()),
+                    value: Some(digits.format(offset)),
                 });
                 let out = Out {
                     key: customer.as_bytes(),
@@ -952,8 +994,7 @@ impl Pipeline {
                     headers,
                     partition: Some(partition),
                 };
-                self.send(partition, None, Sent::Changelog { batch: id }, out)
-                    .await;
+                self.enqueue(&topic, Opaque::Group(group.clone()), out).await;
             }
         }
         loop {
