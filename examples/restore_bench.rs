@@ -1,5 +1,5 @@
 //! Restore speed: fills a changelog partition on the real broker with customer snapshots (each
-//! with its `cx.offset` header, as the service writes them), then times `restore_partition` into
+//! carrying its input offset, as the service writes them), then times `restore_partition` into
 //! an empty engine. `scripts/kafka.sh up` first.
 //!
 //! `cargo run --release --example restore_bench -- [RECORDS] [BROKERS] [--bare]` (default 500000,
@@ -11,7 +11,6 @@ use cx_sentinel::config::Config;
 use cx_sentinel::engine::{Engine, Stream};
 use cx_sentinel::generator::{Generator, GeneratorConfig};
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,16 +61,11 @@ async fn main() -> anyhow::Result<()> {
         out.clear();
         stream.push(tp, seq, 0, &mut out);
         value.clear();
-        engine.snapshot(&customer, &mut value);
+        engine.snapshot(&customer, seq as i64, &mut value);
         bytes += value.len();
-        let offset = seq.to_string();
         let mut record = FutureRecord::to(&topic)
             .key(&customer)
             .payload(&value)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: "cx.offset",
-                value: Some(offset.as_str()),
-            }))
             .partition(0);
         loop {
             match producer.send_result(record) {

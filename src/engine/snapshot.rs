@@ -1,9 +1,12 @@
 //! The changelog encoding of one customer's state: compact, little-endian, versioned.
 //!
-//! Layout, version 1 (`docs/state.md` has the table):
-//! `u8 version=1 | u8 ring_cap | f64 score | str tier | u8 n { [26]recent str touchpoint }
-//!  | u8 n { u32 journey i64 first u32 span u16 contacts u16 channels }
+//! Layout, version 2 (README, Durable state):
+//! `u8 version=2 | i64 input_offset | u8 ring_cap | f64 score | str tier
+//!  | u8 n { [26]recent str touchpoint } | u8 n { u32 journey i64 first u32 span u16 contacts u16 channels }
 //!  | u8 n { u64 hash str text } | u8 n { case }`; `str` = `u16 len` + UTF-8 (`0xFFFF` = none).
+//! `input_offset` is the last input offset the state includes (-1: none). Version 1 is the same
+//! without `input_offset`, which travelled in a `cx.offset` record header instead (a header list
+//! per record cost librdkafka an allocation to write and another to read).
 //! Interned ids are written as names, so a snapshot is readable by any instance. A reader must
 //! accept every older version; a new field means a new version.
 
@@ -12,14 +15,16 @@ use super::state::{Case, CustomerKey, CustomerState, Episode, Extra, MAX_RING, N
 use crate::model::{Channel, Severity};
 use std::sync::Arc;
 
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The first version, without the input offset in the value.
+const VERSION_1: u8 = 1;
 const NONE: u16 = u16::MAX;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SnapshotError {
     #[error("state record is truncated")]
     Truncated,
-    #[error("state record version {0} is newer than this build reads (1)")]
+    #[error("state record version {0} is newer than this build reads (2)")]
     Version(u8),
     #[error("state record is malformed: {0}")]
     Malformed(&'static str),
@@ -73,14 +78,25 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The input offset a changelog value carries (version 2 on); `None` for a version 1 value,
+/// whose offset is in its `cx.offset` header, or for a value too short to tell.
+pub fn input_offset(value: &[u8]) -> Option<i64> {
+    match value {
+        [VERSION, rest @ ..] if rest.len() >= 8 => Some(i64::from_le_bytes(rest[..8].try_into().ok()?)),
+        _ => None,
+    }
+}
+
 impl Engine {
-    /// Appends the changelog value of `customer`'s state to `out`; false if not held.
-    pub fn snapshot(&self, customer: &str, out: &mut Vec<u8>) -> bool {
+    /// Appends the changelog value of `customer`'s state to `out`, including `input_offset`, the
+    /// last input offset the state includes (-1: none); false if the customer is not held.
+    pub fn snapshot(&self, customer: &str, input_offset: i64, out: &mut Vec<u8>) -> bool {
         let Some(guard) = self.customers.get(customer.as_bytes()) else {
             return false;
         };
         let s = &**guard;
         out.push(VERSION);
+        out.extend_from_slice(&input_offset.to_le_bytes());
         out.push(s.ring_cap);
         out.extend_from_slice(&s.score.to_le_bytes());
         let tier = (s.tier != NO_TIER).then(|| self.tiers.name(s.tier));
@@ -232,9 +248,12 @@ struct Decoded<'a> {
 impl<'a> Decoded<'a> {
     fn read(value: &'a [u8], configured_ring: usize) -> Result<Self, SnapshotError> {
         let mut rd = Reader(value);
-        let version = rd.u8()?;
-        if version != VERSION {
-            return Err(SnapshotError::Version(version));
+        match rd.u8()? {
+            VERSION_1 => {}
+            VERSION => {
+                rd.take(8)?;
+            }
+            newer => return Err(SnapshotError::Version(newer)),
         }
         let cap = rd.u8()?;
         let ring_cap = configured_ring.min(cap.max(1) as usize).clamp(1, MAX_RING);
@@ -310,6 +329,7 @@ impl<'a> Decoded<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::{SnapshotError, VERSION, VERSION_1, input_offset};
     use crate::config::Config;
     use crate::engine::{Engine, Stream};
     use crate::model::*;
@@ -368,7 +388,7 @@ mod tests {
         assert_eq!(before.open_cases.len(), 1);
 
         let mut bytes = Vec::new();
-        assert!(engine.snapshot("c", &mut bytes));
+        assert!(engine.snapshot("c", 7, &mut bytes));
         let other = Engine::new(Config::default());
         other.restore("c", Some(&bytes)).unwrap();
         let after = other.customer("c").unwrap();
@@ -377,7 +397,7 @@ mod tests {
             serde_json::to_value(&before).unwrap()
         );
         let mut again = Vec::new();
-        other.snapshot("c", &mut again);
+        other.snapshot("c", 7, &mut again);
         assert_eq!(again, bytes, "re-encoding a restored state is byte-identical");
 
         other.restore("c", None).unwrap();
@@ -389,6 +409,44 @@ mod tests {
         assert_eq!(
             other.restore("c", Some(&[9])),
             Err(super::SnapshotError::Version(9))
+        );
+    }
+
+    #[test]
+    fn version_1_values_still_restore_and_carry_no_offset() {
+        let engine = Arc::new(Engine::new(Config::default()));
+        let mut stream = Stream::new(engine.clone());
+        let mut out = Vec::new();
+        stream.push(
+            tp("e1", "c", 0, "payment.transfer", Outcome::Failure),
+            0,
+            0,
+            &mut out,
+        );
+        stream.flush(0, &mut out);
+        let mut v2 = Vec::new();
+        assert!(engine.snapshot("c", 41, &mut v2));
+        assert_eq!(input_offset(&v2), Some(41));
+        // The same state as the first version wrote it: no offset after the version byte.
+        let mut v1 = vec![VERSION_1];
+        v1.extend_from_slice(&v2[9..]);
+        assert_eq!(input_offset(&v1), None);
+        let other = Engine::new(Config::default());
+        other.restore("c", Some(&v1)).unwrap();
+        assert_eq!(
+            serde_json::to_value(other.customer("c").unwrap()).unwrap(),
+            serde_json::to_value(engine.customer("c").unwrap()).unwrap()
+        );
+        let mut newer = v2.clone();
+        newer[0] = VERSION + 1;
+        assert_eq!(
+            other.restore("c", Some(&newer)),
+            Err(SnapshotError::Version(VERSION + 1))
+        );
+        assert_eq!(
+            input_offset(&[VERSION, 1, 2]),
+            None,
+            "too short to carry an offset"
         );
     }
 
@@ -422,7 +480,7 @@ mod tests {
             stream.push(t, minute as u64, 0, &mut out);
             stream.flush(0, &mut out);
             let mut bytes = Vec::new();
-            assert!(engine.snapshot("c", &mut bytes));
+            assert!(engine.snapshot("c", 7, &mut bytes));
             snapshots.push(bytes);
         }
         snapshots
@@ -446,8 +504,8 @@ mod tests {
                 over.restore("c", Some(earlier)).unwrap();
             }
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            once.snapshot("c", &mut a);
-            over.snapshot("c", &mut b);
+            once.snapshot("c", 7, &mut a);
+            over.snapshot("c", 7, &mut b);
             assert_eq!(a, b);
             assert_eq!(&a, target, "re-encoding a restored state is byte-identical");
             assert_eq!(view(&over), view(&once));
@@ -474,7 +532,7 @@ mod tests {
         );
         assert_eq!(view(&engine), before);
         let mut again = Vec::new();
-        engine.snapshot("c", &mut again);
+        engine.snapshot("c", 7, &mut again);
         assert_eq!(&again, good);
     }
 
@@ -495,7 +553,7 @@ mod tests {
         assert_eq!(ids, ["e4", "e5"]);
         // Written back, the state has the smaller ring, and reads back the same again.
         let mut bytes = Vec::new();
-        small.snapshot("c", &mut bytes);
+        small.snapshot("c", 7, &mut bytes);
         let other = Engine::new(Config::default());
         other.restore("c", Some(&bytes)).unwrap();
         assert_eq!(view(&other), view(&small));

@@ -133,9 +133,9 @@ struct Batch {
     /// While open: changed customers → the last input offset applied to them (-1 for changes no
     /// record made: a timer, an eviction, shedding).
     staged: HashMap<Arc<str>, i64, ahash::RandomState>,
-    /// Filled when sealed: (customer, its state's bytes in `arena` or None for a tombstone, last
-    /// input offset applied to it).
-    records: Vec<(Arc<str>, Option<std::ops::Range<usize>>, i64)>,
+    /// Filled when sealed: (customer, its state's bytes in `arena`, which include the last input
+    /// offset applied to it, or None for a tombstone).
+    records: Vec<(Arc<str>, Option<std::ops::Range<usize>>)>,
     /// The encoded states of `records`, back to back: one allocation per batch, not per record.
     arena: Vec<u8>,
     /// Applied records that stay unfinished until this batch's changelog is acknowledged.
@@ -197,9 +197,9 @@ impl Part {
             .drain()
             .map(|(customer, offset)| {
                 let start = arena.len();
-                let stored = self.engine.snapshot(&customer, &mut arena);
+                let stored = self.engine.snapshot(&customer, offset, &mut arena);
                 let value = stored.then_some(start..arena.len());
-                (customer, value, offset)
+                (customer, value)
             })
             .collect();
         b.arena = arena;
@@ -233,7 +233,8 @@ enum Sent {
 struct Out<'a> {
     key: &'a [u8],
     payload: Option<&'a [u8]>,
-    headers: OwnedHeaders,
+    /// None: no header list at all (librdkafka allocates one per record that has it).
+    headers: Option<OwnedHeaders>,
     /// Explicit partition (the changelog is partitioned like the input); else the partitioner's.
     partition: Option<i32>,
 }
@@ -709,7 +710,7 @@ impl Pipeline {
                 let out = Out {
                     key: alert.customer_id.as_bytes(),
                     payload: Some(&payload),
-                    headers: OwnedHeaders::new(),
+                    headers: None,
                     partition: None,
                 };
                 self.send(partition, Some(owner), sent, out).await;
@@ -797,7 +798,7 @@ impl Pipeline {
         let out = Out {
             key: msg.key().unwrap_or_default(),
             payload: msg.payload(),
-            headers,
+            headers: Some(headers),
             partition: None,
         };
         self.send(msg.partition(), Some(msg.offset()), Sent::DeadLetter, out)
@@ -845,9 +846,10 @@ impl Pipeline {
             headers,
             partition: to,
         } = out;
-        let mut record = BaseRecord::with_opaque_to(topic, opaque)
-            .key(key)
-            .headers(headers);
+        let mut record = BaseRecord::with_opaque_to(topic, opaque).key(key);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
         if let Some(p) = payload {
             record = record.payload(p);
         }
@@ -956,7 +958,7 @@ impl Pipeline {
                 let out = Out {
                     key: msg.key().unwrap_or_default(),
                     payload: msg.payload(),
-                    headers: msg.headers().cloned().unwrap_or_else(OwnedHeaders::new),
+                    headers: msg.headers().cloned(),
                     partition: matches!(done.sent, Sent::Changelog { .. }).then(|| msg.partition()),
                 };
                 match group {
@@ -1016,16 +1018,11 @@ impl Pipeline {
                 },
             );
             let topic = self.topics.changelog.clone();
-            let mut digits = itoa::Buffer::new();
-            for (customer, value, offset) in records {
-                let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                    key: "cx.offset",
-                    value: Some(digits.format(offset)),
-                });
+            for (customer, value) in records {
                 let out = Out {
                     key: customer.as_bytes(),
                     payload: value.map(|r| &arena[r]),
-                    headers,
+                    headers: None,
                     partition: Some(partition),
                 };
                 self.enqueue(&topic, Opaque::Group(group.clone()), out).await;

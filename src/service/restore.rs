@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const STALL: Duration = Duration::from_secs(30);
 
 /// What a restore returns per partition: each restored customer → the last input offset its
-/// state includes (from the `cx.offset` header).
+/// state includes (in the value since snapshot version 2; the `cx.offset` header before).
 pub type RestoredOffsets = HashMap<Arc<str>, i64>;
 
 /// Reads changelog partition `partition` from the beginning to its end into `engine`.
@@ -125,7 +125,7 @@ struct Copied {
     key: Option<Range<usize>>,
     /// `None` for a tombstone.
     value: Option<Range<usize>>,
-    /// The `cx.offset` header: the last input offset the value includes (-1 if absent).
+    /// The last input offset the value includes (-1 if absent).
     input_offset: i64,
 }
 
@@ -138,14 +138,16 @@ impl Batch {
         };
         let key = m.key().map(&mut copy);
         let value = m.payload().map(&mut copy);
-        // Parsing headers allocates in librdkafka: only a value needs its offset.
-        let input_offset = if value.is_some() {
-            m.headers()
-                .and_then(|h| h.iter().find(|h| h.key == "cx.offset").and_then(|h| h.value))
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
-                .unwrap_or(-1)
-        } else {
-            -1
+        // Values carry their offset since snapshot version 2; a version 1 value has it in a
+        // header (parsing headers allocates in librdkafka, so only then). Tombstones need none.
+        let input_offset = match m.payload() {
+            None => -1,
+            Some(v) => crate::engine::snapshot::input_offset(v).unwrap_or_else(|| {
+                m.headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "cx.offset").and_then(|h| h.value))
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+                    .unwrap_or(-1)
+            }),
         };
         self.records.push(Copied {
             target,
@@ -343,7 +345,7 @@ mod tests {
         stream.push(tp, 0, 0, &mut out);
         stream.flush(0, &mut out);
         let mut value = Vec::new();
-        assert!(source.snapshot(&customer, &mut value));
+        assert!(source.snapshot(&customer, 0, &mut value));
 
         let mut batch = Batch::default();
         let mut push = |key: &[u8], value: Option<&[u8]>, input_offset: i64| {
