@@ -46,17 +46,7 @@ async fn refused_deliveries_are_sent_again_until_they_land() {
     // broker 2 leads the changelog's, so the changelog alone can be taken away.
     let cluster = MockCluster::new(2).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let t = Topics {
-        state: unique("state"),
-        input: unique("tp"),
-        alerts: unique("alerts"),
-        dlq: unique("dlq"),
-        group: unique("group"),
-    };
-    cluster.create_topic(&t.input, 3, 1).unwrap();
-    cluster.create_topic(&t.state, 3, 1).unwrap();
-    cluster.create_topic(&t.alerts, 1, 1).unwrap();
-    cluster.create_topic(&t.dlq, 1, 1).unwrap();
+    let t = mock_topics(&cluster);
     for (topic, partitions, leader) in [
         (&t.input, 3, 1),
         (&t.state, 3, 2),

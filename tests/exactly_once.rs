@@ -46,17 +46,7 @@ async fn committed_alerts(brokers: &str, topic: &str, want: usize) -> Vec<serde_
 async fn run(fence: bool) {
     let cluster = MockCluster::new(3).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let t = Topics {
-        state: unique("state"),
-        input: unique("tp"),
-        alerts: unique("alerts"),
-        dlq: unique("dlq"),
-        group: unique("group"),
-    };
-    cluster.create_topic(&t.input, 3, 1).unwrap();
-    cluster.create_topic(&t.state, 3, 1).unwrap();
-    cluster.create_topic(&t.alerts, 1, 1).unwrap();
-    cluster.create_topic(&t.dlq, 1, 1).unwrap();
+    let t = mock_topics(&cluster);
     let mut config: Config = config(&brokers, &t, Format::Json, Format::Json);
     config.processing.guarantee = Guarantee::ExactlyOnce;
     config.processing.commit_interval = Duration::from_millis(200);

@@ -49,14 +49,31 @@ pub struct Topics {
     pub group: String,
 }
 
+impl Topics {
+    /// Fresh names for one test's topics and group.
+    pub fn unique() -> Self {
+        Topics {
+            state: unique("state"),
+            input: unique("tp"),
+            alerts: unique("alerts"),
+            dlq: unique("dlq"),
+            group: unique("group"),
+        }
+    }
+}
+
+/// Fresh topics on librdkafka's mock cluster: input and changelog with 3 partitions, alerts and
+/// dead letters with 1.
+pub fn mock_topics<C: rdkafka::ClientContext>(cluster: &rdkafka::mocking::MockCluster<'_, C>) -> Topics {
+    let t = Topics::unique();
+    for (topic, partitions) in [(&t.input, 3), (&t.state, 3), (&t.alerts, 1), (&t.dlq, 1)] {
+        cluster.create_topic(topic, partitions, 1).unwrap();
+    }
+    t
+}
+
 pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
-    let t = Topics {
-        state: unique("state"),
-        input: unique("tp"),
-        alerts: unique("alerts"),
-        dlq: unique("dlq"),
-        group: unique("group"),
-    };
+    let t = Topics::unique();
     cx_sentinel::service::kafka::create_topics(
         brokers,
         &[(&t.input, input_partitions), (&t.alerts, 1), (&t.dlq, 1)],
