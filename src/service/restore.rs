@@ -285,7 +285,10 @@ fn restore_consumer(config: &Config) -> Result<BaseConsumer, String> {
         .set("fetch.message.max.bytes", "16777216")
         .set("fetch.max.bytes", "67108864")
         .set("queued.min.messages", "1000000")
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "10")
+        // As for the input consumer (kafka::consumer_config): no 1 s pause between fetches
+        // once the local queue is over its thresholds.
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in &config.kafka.librdkafka_options {
         if !k.starts_with("group.") && k != "enable.auto.commit" {
             cc.set(k, v);
