@@ -128,7 +128,8 @@ struct Batch {
     sealed: bool,
     opened: Instant,
     alerts_unacked: usize,
-    changelog_unacked: usize,
+    /// Sent, and the group report for its changelog records not in yet.
+    changelog_pending: bool,
     sent: bool,
     /// While open: changed customers → the last input offset applied to them (-1 for changes no
     /// record made: a timer, an eviction, shedding).
@@ -172,7 +173,7 @@ impl Part {
                     sealed: false,
                     opened: now,
                     alerts_unacked: 0,
-                    changelog_unacked: 0,
+                    changelog_pending: false,
                     sent: false,
                     staged: HashMap::default(),
                     records: Vec::new(),
@@ -920,10 +921,8 @@ impl Pipeline {
                     Sent::Changelog { batch } => {
                         let batch = *batch;
                         if let Some(b) = self.batch_mut(done.partition, Some(batch)) {
-                            b.changelog_unacked -= 1;
-                            if b.changelog_unacked == 0 {
-                                self.batch_progress(done.partition).await;
-                            }
+                            b.changelog_pending = false;
+                            self.batch_progress(done.partition).await;
                         }
                     }
                     Sent::DeadLetter => {}
@@ -964,7 +963,6 @@ impl Pipeline {
                 match group {
                     // A changelog record: sent again under its batch's group, which still waits.
                     Some(group) => {
-                        let topic = self.topics.of(&done.sent);
                         self.enqueue(&topic, Opaque::Group(group), out).await;
                         self.outstanding.insert(token, done);
                     }
@@ -996,7 +994,7 @@ impl Pipeline {
             if !b.sent {
                 b.sent = true;
                 // One group report per batch (none for an empty one).
-                b.changelog_unacked = usize::from(!b.records.is_empty());
+                b.changelog_pending = !b.records.is_empty();
                 ready.push((b.id, std::mem::take(&mut b.records), std::mem::take(&mut b.arena)));
             }
         }
@@ -1033,7 +1031,7 @@ impl Pipeline {
                 return;
             };
             match part.batches.front() {
-                Some(head) if head.sent && head.changelog_unacked == 0 => {}
+                Some(head) if head.sent && !head.changelog_pending => {}
                 _ => return,
             }
             let head = part.batches.pop_front().expect("checked above");
