@@ -23,6 +23,7 @@
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{Parser, ValueEnum};
+use cx_sentinel::allocator::AllocatorStats;
 use cx_sentinel::codec::{Format, avro};
 use cx_sentinel::config::Config;
 use cx_sentinel::generator::{Generator, GeneratorConfig};
@@ -459,20 +460,22 @@ fn rss_bytes() -> Result<u64> {
 }
 
 /// Returns freed heap pages to the OS so resident memory counts live data, not what earlier
-/// phases freed (or what a later phase could reuse without growing).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// phases freed (or what a later phase could reuse without growing). The process allocator is
+/// jemalloc; glibc's heap is trimmed too, for whatever still allocates from it.
 fn trim_heap() {
-    unsafe extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    // SAFETY: glibc's `malloc_trim` takes the arena locks itself and only releases free memory.
-    unsafe {
-        malloc_trim(0);
+    cx_sentinel::allocator::purge();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's `malloc_trim` takes the arena locks itself and only releases free
+        // memory.
+        unsafe {
+            malloc_trim(0);
+        }
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
 
 /// Events, wall time and CPU time over one measured interval.
 #[derive(Clone, Copy, Debug)]
@@ -1189,6 +1192,9 @@ struct Sentinel {
     rss_before: u64,
     rss_after_raw: u64,
     rss_after: u64,
+    /// The allocator's counters at the same two points (where jemalloc is the allocator).
+    alloc_before: Option<AllocatorStats>,
+    alloc_after: Option<AllocatorStats>,
     scrapes: u64,
     /// Time spent serving our scrapes in the steady window, as a share of the process's CPU.
     scrape_share: f64,
@@ -1204,6 +1210,12 @@ impl Sentinel {
     fn bytes_per_customer(&self) -> f64 {
         self.rss_delta() as f64 / self.customers.max(1) as f64
     }
+
+    /// Growth of each allocator counter over the run, `(kind, bytes)`.
+    fn alloc_delta(&self) -> Option<[(&'static str, i64); 4]> {
+        let (a, b) = (self.alloc_before?.labelled(), self.alloc_after?.labelled());
+        Some(std::array::from_fn(|i| (a[i].0, b[i].1 as i64 - a[i].1 as i64)))
+    }
 }
 
 async fn sentinel_throughput(
@@ -1217,6 +1229,7 @@ async fn sentinel_throughput(
     trim_heap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_bytes()?;
+    let alloc_before = cx_sentinel::allocator::stats();
 
     // Reads the service group's committed offsets and the changelog's size; never joins the group.
     let offsets: BaseConsumer = ClientConfig::new()
@@ -1329,6 +1342,7 @@ async fn sentinel_throughput(
     let rss_after_raw = rss_bytes()?;
     trim_heap();
     let rss_after = rss_bytes()?;
+    let alloc_after = cx_sentinel::allocator::stats();
     let mut result = Sentinel {
         total,
         steady,
@@ -1346,6 +1360,8 @@ async fn sentinel_throughput(
         rss_before,
         rss_after_raw,
         rss_after,
+        alloc_before,
+        alloc_after,
         scrapes,
         scrape_share: scrape_secs / steady.cpu.max(1e-9),
         scrape_cpu_ms: (after.cpu - before.cpu) * 100.0,
@@ -2112,6 +2128,16 @@ impl Report<'_> {
             s.bytes_per_customer(),
             s.state_bytes as f64 / s.customers.max(1) as f64
         ));
+        if let Some(d) = s.alloc_delta() {
+            let per = |b: i64| b as f64 / s.customers.max(1) as f64;
+            line(format!(
+                "  allocator (jemalloc) bytes/customer: allocated {:.0}, active {:.0}, resident {:.0}, metadata {:.0}",
+                per(d[0].1),
+                per(d[1].1),
+                per(d[2].1),
+                per(d[3].1)
+            ));
+        }
         line(format!(
             "alerts: {} acknowledged, {} on the alert topic ({} distinct ids); dead letters {}{}",
             s.alerts,
@@ -2222,6 +2248,9 @@ impl Report<'_> {
                 "bytes_per_customer": s.bytes_per_customer(),
                 "engine_state_bytes": s.state_bytes,
                 "engine_bytes_per_customer": s.state_bytes as f64 / s.customers.max(1) as f64,
+                "allocator_delta_bytes": s.alloc_delta().map(|d| {
+                    d.iter().map(|&(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()
+                }),
             },
             "latency": lat.map(Latency::json),
         })

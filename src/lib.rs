@@ -13,7 +13,9 @@
 //! - [`demo`]: the service against an in-process cluster fed by the generator.
 //! - [`generator`]: realistic multi-channel journeys (some going wrong) for the demo and benchmarks.
 //! - [`Allocator`], [`install_allocator!`]: the process allocator (jemalloc) of the binary and benchmarks.
+//! - [`allocator`]: its own accounting (allocated, active, resident bytes) and a purge.
 
+pub mod allocator;
 pub mod codec;
 pub mod config;
 pub mod demo;

@@ -17,6 +17,7 @@ pub const END_TO_END_SECONDS: &str = "cx_sentinel_end_to_end_latency_seconds";
 pub const CONSUMER_LAG: &str = "cx_sentinel_consumer_lag_records";
 pub const CUSTOMERS: &str = "cx_sentinel_customers_in_state";
 pub const STATE_BYTES: &str = "cx_sentinel_state_bytes";
+pub const ALLOCATOR_BYTES: &str = "cx_sentinel_allocator_bytes";
 pub const REBALANCES: &str = "cx_sentinel_rebalances_total";
 pub const ASSIGNED_PARTITIONS: &str = "cx_sentinel_assigned_partitions";
 pub const EVICTIONS: &str = "cx_sentinel_customers_evicted_total";
@@ -50,6 +51,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub customers: IntGauge,
     pub state_bytes: IntGauge,
+    /// Label: kind (allocated, active, resident, metadata): jemalloc's own counters.
+    pub allocator_bytes: IntGaugeVec,
     /// Label: kind (assign, revoke).
     pub rebalances: IntCounterVec,
     pub assigned_partitions: IntGauge,
@@ -165,6 +168,17 @@ impl Metrics {
                 IntGauge::new(
                     STATE_BYTES,
                     "Estimated bytes of customer state on this instance (recomputed at most every 10 s).",
+                )
+                .expect("valid metric"),
+            ),
+            allocator_bytes: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        ALLOCATOR_BYTES,
+                        "The allocator's own counters (jemalloc stats.*), read at each scrape: allocated = held by the program, active = pages those allocations occupy, resident = the allocator's memory in RAM.",
+                    ),
+                    &["kind"],
                 )
                 .expect("valid metric"),
             ),

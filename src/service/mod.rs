@@ -110,6 +110,18 @@ impl Shared {
         let bytes: usize = engines.values().map(|e| e.state_bytes()).sum();
         self.metrics.state_bytes.set(bytes as i64);
     }
+
+    /// The allocator's counters, on every scrape (a few reads of jemalloc's stats).
+    pub(crate) fn refresh_allocator_gauges(&self) {
+        if let Some(stats) = crate::allocator::stats() {
+            for (kind, bytes) in stats.labelled() {
+                self.metrics
+                    .allocator_bytes
+                    .with_label_values(&[kind])
+                    .set(bytes as i64);
+            }
+        }
+    }
 }
 
 /// Runs the service until `shutdown` resolves, then drains, commits and returns.
