@@ -24,6 +24,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+// The service's allocator: the engine's speed depends on it (every new customer allocates).
+cx_sentinel::install_allocator!();
+
 const ENGINE_EVENTS: usize = 1_000_000;
 /// Touchpoints cloned (untimed) ahead of each timed stretch: small enough to stay in cache.
 const INPUT_CHUNK: usize = 64;

@@ -171,14 +171,12 @@ impl Engine {
     fn fill(&self, s: &mut CustomerState, d: Decoded<'_>) {
         let r = &self.rules;
         let episodes = d.episodes.len() / EPISODE_BYTES;
-        let old_extra = s.reset_for_restore(d.ring_cap, episodes);
+        let old_extra = s.reset_for_restore(d.ring_cap, episodes, d.ring_len);
         s.score = d.score;
         if let Some(tier) = d.tier {
             s.tier = self.tiers.intern(tier, |t| r.tier_multiplier(t)).0;
         }
-        for e in d.episodes.chunks_exact(EPISODE_BYTES) {
-            s.push_episode(episode_from_bytes(e));
-        }
+        s.restore_episodes(d.episodes.chunks_exact(EPISODE_BYTES).map(episode_from_bytes));
         // Long-id texts must be in place before the ring entries that point at them.
         if !d.extra.long_ids.is_empty() || !d.extra.cases.is_empty() {
             let mut extra = old_extra.unwrap_or_default();

@@ -264,6 +264,16 @@ pub struct Recent {
 const NO_SENTIMENT: i16 = i16::MIN;
 
 impl Recent {
+    /// What an unused slot of a ring's block holds; never read.
+    const EMPTY: Recent = Recent {
+        id: [0; 16],
+        time: [0; 6],
+        touchpoint: 0,
+        sentiment: NO_SENTIMENT,
+        a: 0,
+        b: 0,
+    };
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: CompactId,
@@ -453,8 +463,8 @@ pub struct Extra {
 
 /// One customer's rolling experience.
 ///
-/// Laid out in order (`repr(C)`): the fields every touchpoint reads come first, in the first cache
-/// lines of the allocation, and the ring last; a touchpoint touches one or two of its lines.
+/// Laid out in order (`repr(C)`): the fields every touchpoint reads come first. The ring is a
+/// block of its own, sized to what the customer has used of it.
 #[derive(Debug, Clone)]
 #[repr(C)]
 pub struct CustomerState {
@@ -463,8 +473,8 @@ pub struct CustomerState {
     /// Earliest deadline this customer has in its stream's timer queue (`i64::MAX` = none).
     pub queued_deadline: Millis,
     pub extra: Option<Box<Extra>>,
-    /// The episodes after the first, at exact capacity.
-    more_episodes: Vec<Episode>,
+    /// The episodes after the first, at exact size (a boxed slice: 8 bytes less than a `Vec`).
+    more_episodes: Box<[Episode]>,
     /// The first episode, inline: most customers are on one journey at a time, and this saves
     /// them a heap block and the hot path a cache miss.
     episode: Episode,
@@ -481,8 +491,11 @@ pub struct CustomerState {
     /// Event time of the newest ring entry, as it stores it (48 bits): read on every touchpoint,
     /// so kept here rather than only in the ring. Fills what would be padding.
     last_time: [u8; 6],
-    /// Ring of recent touchpoints; `head` is the oldest once full.
-    pub(crate) ring: [Recent; MAX_RING],
+    /// Ring of recent touchpoints; `head` is the oldest once full. Its block grows 1, 2, 4, then
+    /// to `ring_cap` entries as touchpoints arrive: most customers are seen a few times only, and
+    /// a full inline ring cost each of them 280 bytes. It only grows while the ring has not
+    /// wrapped (`head` is 0), so growing is a copy.
+    pub(crate) ring: Box<[Recent]>,
 }
 
 pub const NO_TIER: u32 = u32::MAX;
@@ -492,18 +505,8 @@ pub const MAX_RING: usize = 10;
 
 impl CustomerState {
     pub fn new(ring: usize) -> Self {
-        let blank = Recent::new(
-            CompactId::new(""),
-            0,
-            0,
-            Channel::Other,
-            TouchpointKind::Interaction,
-            Direction::Inbound,
-            Outcome::Unknown,
-            None,
-        );
         Self {
-            ring: [blank; MAX_RING],
+            ring: Box::default(),
             id_hints: [0; MAX_RING],
             last_time: [0; 6],
             ring_cap: ring.clamp(1, MAX_RING) as u8,
@@ -520,7 +523,7 @@ impl CustomerState {
                 contacts: 0,
                 channels: 0,
             },
-            more_episodes: Vec::new(),
+            more_episodes: Box::default(),
             extra: None,
         }
     }
@@ -584,11 +587,7 @@ impl CustomerState {
         let cap = self.ring_cap as usize;
         let id = entry.compact_id();
         if (self.ring_len as usize) < cap {
-            let at = (self.ring_head as usize + self.ring_len as usize) % cap;
-            self.ring[at] = entry;
-            self.id_hints[at] = id.hint();
-            self.ring_len += 1;
-            self.last_time = entry.time;
+            self.append(entry);
         } else {
             let head = self.ring_head as usize;
             // Only a long id has text to forget, and that text lives in `extra`: without it there
@@ -619,29 +618,71 @@ impl CustomerState {
     }
 
     /// Makes this `CustomerState::new(ring)` again for a restore to refill with `episodes`
-    /// episodes, keeping the heap block of the episodes after the first when it already has the
+    /// episodes and `entries` ring entries, keeping the heap blocks of the episodes after the first when it already has the
     /// exact size they need: a customer's next changelog record usually has as many, and a
     /// restore reads many records per customer. Returns the out-of-line part, for reuse.
-    pub(crate) fn reset_for_restore(&mut self, ring: usize, episodes: usize) -> Option<Box<Extra>> {
-        let mut more = std::mem::take(&mut self.more_episodes);
-        more.clear();
+    pub(crate) fn reset_for_restore(
+        &mut self,
+        ring: usize,
+        episodes: usize,
+        entries: usize,
+    ) -> Option<Box<Extra>> {
+        let more = std::mem::take(&mut self.more_episodes);
         let extra = self.extra.take();
+        let ring_block = std::mem::take(&mut self.ring);
         *self = Self::new(ring);
-        if more.capacity() == episodes.saturating_sub(1) {
+        // Kept for [`Self::restore_episodes`] to overwrite when it has the size it needs.
+        if more.len() == episodes.saturating_sub(1) {
             self.more_episodes = more;
         }
+        // The ring's block too, when it is the size `entries` appends would have grown it to
+        // (entries are written before they are read); otherwise that size at once.
+        let want = Self::ring_step(entries.min(self.ring_cap as usize), self.ring_cap as usize);
+        self.ring = if ring_block.len() == want {
+            ring_block
+        } else {
+            vec![Recent::EMPTY; want].into_boxed_slice()
+        };
         extra
     }
 
     /// Appends a restored ring entry (its long-id text, if any, is already in `extra`).
     pub(crate) fn push_restored(&mut self, entry: Recent) {
-        let cap = self.ring_cap as usize;
-        if (self.ring_len as usize) < cap {
-            let at = (self.ring_head as usize + self.ring_len as usize) % cap;
-            self.ring[at] = entry;
-            self.id_hints[at] = entry.compact_id().hint();
-            self.ring_len += 1;
-            self.last_time = entry.time;
+        if self.ring_len < self.ring_cap {
+            self.append(entry);
+        }
+    }
+
+    /// Adds an entry to a ring that is not full yet (so it has not wrapped: `head` is 0).
+    fn append(&mut self, entry: Recent) {
+        let at = self.ring_len as usize;
+        debug_assert!(self.ring_head == 0 && at < self.ring_cap as usize);
+        if at == self.ring.len() {
+            self.grow_ring();
+        }
+        self.ring[at] = entry;
+        self.id_hints[at] = entry.compact_id().hint();
+        self.ring_len += 1;
+        self.last_time = entry.time;
+    }
+
+    /// The ring's block is full but the ring is not: the next size of [`Self::ring_step`].
+    #[cold]
+    fn grow_ring(&mut self) {
+        let have = self.ring.len();
+        let mut ring = vec![Recent::EMPTY; Self::ring_step(have + 1, self.ring_cap as usize)];
+        ring[..have].copy_from_slice(&self.ring);
+        self.ring = ring.into_boxed_slice();
+    }
+
+    /// The size of the ring's block that holds `n` entries: 0, 1, 2, 4, then `cap` (the small
+    /// steps fill jemalloc's 32-, 64- and 112-byte size classes exactly).
+    fn ring_step(n: usize, cap: usize) -> usize {
+        match n {
+            0 => 0,
+            1 | 2 => n,
+            3 | 4 => 4.min(cap),
+            _ => cap,
         }
     }
 
@@ -683,8 +724,10 @@ impl CustomerState {
     /// Appends an episode; the heap part grows by exactly one.
     pub fn push_episode(&mut self, e: Episode) {
         if self.has_episode {
-            self.more_episodes.reserve_exact(1);
-            self.more_episodes.push(e);
+            let mut more = std::mem::take(&mut self.more_episodes).into_vec();
+            more.reserve_exact(1);
+            more.push(e);
+            self.more_episodes = more.into_boxed_slice();
         } else {
             self.episode = e;
             self.has_episode = true;
@@ -717,8 +760,33 @@ impl CustomerState {
     }
 
     fn truncate_episodes(&mut self, len: usize) {
-        self.more_episodes.truncate(len.saturating_sub(1));
+        let keep = len.saturating_sub(1);
+        if keep < self.more_episodes.len() {
+            let mut more = std::mem::take(&mut self.more_episodes).into_vec();
+            more.truncate(keep);
+            self.more_episodes = more.into_boxed_slice();
+        }
         self.has_episode &= len > 0;
+    }
+
+    /// Sets the episodes of a state [`Self::reset_for_restore`] just reset, writing into the
+    /// heap block it kept when that has the right size.
+    pub(crate) fn restore_episodes(&mut self, mut episodes: impl ExactSizeIterator<Item = Episode>) {
+        let n = episodes.len();
+        let Some(first) = episodes.next() else {
+            self.has_episode = false;
+            self.more_episodes = Box::default();
+            return;
+        };
+        self.episode = first;
+        self.has_episode = true;
+        if self.more_episodes.len() == n - 1 {
+            for (slot, e) in self.more_episodes.iter_mut().zip(episodes) {
+                *slot = e;
+            }
+        } else {
+            self.more_episodes = episodes.collect();
+        }
     }
 
     pub fn extra_mut(&mut self) -> &mut Extra {
@@ -742,8 +810,9 @@ impl CustomerState {
 
     /// Bytes this state owns on the heap and inline (not counting the map slot or the key).
     pub fn footprint(&self) -> usize {
-        let mut n =
-            std::mem::size_of::<Self>() + self.more_episodes.capacity() * std::mem::size_of::<Episode>();
+        let mut n = std::mem::size_of::<Self>()
+            + self.ring.len() * std::mem::size_of::<Recent>()
+            + self.more_episodes.len() * std::mem::size_of::<Episode>();
         if let Some(e) = &self.extra {
             n += std::mem::size_of::<Extra>()
                 + e.cases.capacity() * std::mem::size_of::<Case>()
@@ -873,7 +942,7 @@ mod tests {
                 assert_eq!(s.has_seen(&c, probe), scan, "{probe} after {n}");
             }
         }
-        assert!(std::mem::size_of::<CustomerState>() <= 376);
+        assert!(std::mem::size_of::<CustomerState>() <= 112);
         let newest = s.recent().next_back().map(|r| r.occurred_at());
         assert_eq!(s.last_event(), newest);
         assert_eq!(CustomerState::new(3).last_event(), None);
