@@ -1124,23 +1124,28 @@ fn records_on(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<u
     Ok(sum)
 }
 
-/// Reads a single-partition alert topic from the beginning: (records, distinct `alert_id`s).
-/// Stops 2 s after the last record once `expected` arrived, or 5 s after the last one before.
-/// (The broker's high watermark is not used: tansu 0.6 sometimes reports one less.)
-async fn read_alert_topic(args: &Args, topic: &str, expected: u64) -> Result<(u64, u64)> {
+/// Reads a single-partition alert topic from the beginning: (records, distinct `alert_id`s,
+/// records that do not decode as a `RecoveryAlert` in `format`). Stops 2 s after the last record
+/// once `expected` arrived, or 5 s after the last one before. (The broker's high watermark is not
+/// used: tansu 0.6 sometimes reports one less.)
+async fn read_alert_topic(
+    brokers: &str,
+    topic: &str,
+    format: Format,
+    expected: u64,
+) -> Result<(u64, u64, u64)> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("bench-alert-count"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS.to_string())
         .create()
-        .context("creating the alert topic reader")?;
+        .with_context(|| format!("creating a reader of {topic}"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;
-    let format = args.output_format.format();
     let mut ids = std::collections::HashSet::new();
-    let mut records = 0u64;
+    let (mut records, mut undecodable) = (0u64, 0u64);
     loop {
         let idle = if records >= expected { 2 } else { 5 };
         match tokio::time::timeout(Duration::from_secs(idle), consumer.recv()).await {
@@ -1148,13 +1153,16 @@ async fn read_alert_topic(args: &Args, topic: &str, expected: u64) -> Result<(u6
             Ok(Err(e)) => bail!("reading {topic}: {e}"),
             Ok(Ok(m)) => {
                 records += 1;
-                let alert = cx_sentinel::demo::decode_alert(format, m.payload().unwrap_or_default())
-                    .with_context(|| format!("decoding alert at offset {} of {topic}", m.offset()))?;
-                ids.insert(alert.alert_id);
+                match cx_sentinel::demo::decode_alert(format, m.payload().unwrap_or_default()) {
+                    Ok(alert) => {
+                        ids.insert(alert.alert_id);
+                    }
+                    Err(_) => undecodable += 1,
+                }
             }
         }
     }
-    Ok((records, ids.len() as u64))
+    Ok((records, ids.len() as u64, undecodable))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1371,7 +1379,18 @@ async fn sentinel_throughput(
     if let Some(state) = &topics.state {
         result.changelog_records = Some(records_on(&offsets, state, args.partitions)?);
     }
-    let (records, ids) = read_alert_topic(args, &topics.alerts, result.alerts).await?;
+    let (records, ids, undecodable) = read_alert_topic(
+        &args.brokers,
+        &topics.alerts,
+        args.output_format.format(),
+        result.alerts,
+    )
+    .await?;
+    ensure!(
+        undecodable == 0,
+        "{undecodable} records on {} do not decode as alerts",
+        topics.alerts
+    );
     result.alert_records = records;
     result.distinct_alert_ids = ids;
     if records < result.alerts {
@@ -1620,7 +1639,7 @@ async fn peer_run(
         })
         .unwrap_or_default();
     let (alert_records, distinct_alert_ids, undecodable_alerts) =
-        read_peer_alerts(&args.brokers, &alert_topic, alerts).await?;
+        read_alert_topic(&args.brokers, &alert_topic, Format::Json, alerts).await?;
     if alert_records < alerts {
         eprintln!(
             "      warning: the peer emitted {alerts} alerts but only {alert_records} are on {alert_topic}"
@@ -1640,41 +1659,6 @@ async fn peer_run(
         distinct_alert_ids,
         undecodable_alerts,
     })
-}
-
-/// Reads the peer's single-partition alert topic from the beginning, decoding each record as
-/// cx-sentinel's JSON alert: (records, distinct `alert_id`s, undecodable records). Stops 2 s after
-/// the last record once `expected` arrived, or 5 s after the last one before.
-async fn read_peer_alerts(brokers: &str, topic: &str, expected: u64) -> Result<(u64, u64, u64)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("bench-peer-alert-count"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", READER_FETCH_WAIT_MS.to_string())
-        .create()
-        .context("creating the peer's alert topic reader")?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let mut ids = std::collections::HashSet::new();
-    let (mut records, mut undecodable) = (0u64, 0u64);
-    loop {
-        let idle = if records >= expected { 2 } else { 5 };
-        match tokio::time::timeout(Duration::from_secs(idle), consumer.recv()).await {
-            Err(_) => break,
-            Ok(Err(e)) => bail!("reading {topic}: {e}"),
-            Ok(Ok(m)) => {
-                records += 1;
-                match cx_sentinel::demo::decode_alert(Format::Json, m.payload().unwrap_or_default()) {
-                    Ok(alert) => {
-                        ids.insert(alert.alert_id);
-                    }
-                    Err(_) => undecodable += 1,
-                }
-            }
-        }
-    }
-    Ok((records, ids.len() as u64, undecodable))
 }
 
 /// Names of the broker's topics that contain `needle`.
