@@ -21,13 +21,17 @@
 //!
 //! Prints one table and writes `target/bench/e2e.json`.
 
+#![recursion_limit = "256"]
+
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{Parser, ValueEnum};
 use cx_sentinel::allocator::AllocatorStats;
 use cx_sentinel::codec::{Format, avro};
 use cx_sentinel::config::Config;
 use cx_sentinel::generator::{Generator, GeneratorConfig};
-use cx_sentinel::metrics::{ALERTS, ASSIGNED_PARTITIONS, CUSTOMERS, DEAD_LETTERS, END_TO_END_SECONDS};
+use cx_sentinel::metrics::{
+    ALERTS, ASSIGNED_PARTITIONS, CHANGELOG_RECORDS, CUSTOMERS, DEAD_LETTERS, END_TO_END_SECONDS,
+};
 use cx_sentinel::metrics::{LATE_RECORDS, PROCESSING_SECONDS, PRODUCE_ERRORS, RECORDS_CONSUMED, STATE_BYTES};
 use cx_sentinel::service::{self, ServiceError};
 use rdkafka::ClientConfig;
@@ -298,7 +302,14 @@ async fn run(args: &Args, probe: &Probe, topics: &mut Vec<String>) -> Result<()>
         )
         .await?;
         topics.extend(lat_topics.created());
-        Some(latency_run(args, &config, &lat_topics, &generator).await?)
+        let before_relay = probe.snap()?;
+        let mut relay = relay_run(args, &config, &generator, topics).await?;
+        let before = probe.snap()?;
+        let mut l = latency_run(args, &config, &lat_topics, &generator).await?;
+        relay.steal = Window::between(&before_relay, &before, 0).steal_share();
+        l.steal = Window::between(&before, &probe.snap()?, 0).steal_share();
+        l.relay = Some(relay);
+        Some(l)
     } else {
         eprintln!("[5/5] latency: skipped (--latency-seconds 0)");
         None
@@ -345,6 +356,10 @@ struct Snap {
     at: Instant,
     cpu: f64,
     broker_cpu: Option<f64>,
+    /// CPU seconds the hypervisor gave to other guests while this machine had work (all CPUs,
+    /// `steal` of `/proc/stat`): a shared host's noise, reported so a slow run can be told from
+    /// a slow program.
+    stolen: Option<f64>,
 }
 
 impl Probe {
@@ -384,7 +399,15 @@ impl Probe {
             broker_cpu: self
                 .broker_pid
                 .and_then(|pid| self.cpu_of(&format!("/proc/{pid}/stat")).ok()),
+            stolen: self.stolen(),
         })
+    }
+
+    /// The `steal` column of the `cpu` line of `/proc/stat`, in seconds.
+    fn stolen(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: u64 = stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()?;
+        Some(ticks as f64 / self.ticks_per_s)
     }
 
     /// CPU seconds per thread kind (`tokio-rt-worker`, `rdk:broker`, ...) between two snapshots.
@@ -484,6 +507,7 @@ struct Window {
     wall: f64,
     cpu: f64,
     broker_cpu: Option<f64>,
+    stolen: Option<f64>,
 }
 
 impl Window {
@@ -493,7 +517,14 @@ impl Window {
             wall: b.at.duration_since(a.at).as_secs_f64(),
             cpu: b.cpu - a.cpu,
             broker_cpu: a.broker_cpu.zip(b.broker_cpu).map(|(a, b)| b - a),
+            stolen: a.stolen.zip(b.stolen).map(|(a, b)| b - a),
         }
+    }
+
+    /// Share of the machine's CPU time stolen by the hypervisor over the window.
+    fn steal_share(&self) -> Option<f64> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        self.stolen.map(|s| s / (self.wall.max(1e-9) * cores))
     }
 
     fn events_per_s(&self) -> f64 {
@@ -517,6 +548,7 @@ impl Window {
             "cpu_us_per_event": self.cpu_us_per_event(),
             "cores_used": self.cpu / self.wall.max(1e-9),
             "broker_cpu_us_per_event": self.broker_cpu_us_per_event(),
+            "steal_share": self.steal_share(),
         })
     }
 }
@@ -1016,17 +1048,21 @@ impl Prom {
         out
     }
 
-    /// `histogram_quantile(q, sum by (le) (name_bucket))`: linear within the bucket.
-    fn histogram_quantile(&self, name: &str, q: f64) -> Option<f64> {
+    /// `sum by (le) (name_bucket)`: (upper bound, cumulative count), ascending.
+    fn histogram(&self, name: &str) -> Buckets {
         let bucket = format!("{name}_bucket");
         let mut cumulative: Vec<(f64, f64)> = Vec::new();
         for (n, labels, v) in self.samples() {
             if n != bucket {
                 continue;
             }
-            let le = match label_value(labels, "le")? {
-                "+Inf" => f64::INFINITY,
-                s => s.parse().ok()?,
+            let le = match label_value(labels, "le") {
+                Some("+Inf") => f64::INFINITY,
+                Some(s) => match s.parse() {
+                    Ok(le) => le,
+                    Err(_) => continue,
+                },
+                None => continue,
             };
             match cumulative.iter_mut().find(|(b, _)| *b == le) {
                 Some((_, c)) => *c += v,
@@ -1034,18 +1070,64 @@ impl Prom {
             }
         }
         cumulative.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let total = cumulative.last()?.1;
+        Buckets(cumulative)
+    }
+
+    /// `histogram_quantile(q, sum by (le) (name_bucket))`: linear within the bucket.
+    fn histogram_quantile(&self, name: &str, q: f64) -> Option<f64> {
+        self.histogram(name).quantile(q).map(|b| b.estimate)
+    }
+}
+
+/// A histogram's cumulative buckets, (upper bound, count), ascending.
+#[derive(Clone, Debug, Default)]
+struct Buckets(Vec<(f64, f64)>);
+
+/// A quantile read from buckets: the bucket it falls in, and Prometheus' linear estimate.
+#[derive(Clone, Copy, Debug)]
+struct BucketQuantile {
+    estimate: f64,
+    lower: f64,
+    upper: f64,
+}
+
+impl Buckets {
+    /// What was observed after `earlier` was scraped (same histogram, counts only grow).
+    fn since(&self, earlier: &Buckets) -> Buckets {
+        Buckets(
+            self.0
+                .iter()
+                .map(|&(le, c)| {
+                    let before = earlier.0.iter().find(|(b, _)| *b == le).map_or(0.0, |b| b.1);
+                    (le, c - before)
+                })
+                .collect(),
+        )
+    }
+
+    fn count(&self) -> f64 {
+        self.0.last().map_or(0.0, |b| b.1)
+    }
+
+    fn quantile(&self, q: f64) -> Option<BucketQuantile> {
+        let total = self.count();
         if total <= 0.0 {
             return None;
         }
         let rank = q * total;
         let (mut lower, mut below) = (0.0, 0.0);
-        for (le, count) in cumulative {
+        for &(le, count) in &self.0 {
             if count >= rank {
-                if le.is_infinite() {
-                    return Some(lower);
-                }
-                return Some(lower + (le - lower) * (rank - below) / (count - below).max(1e-12));
+                let estimate = if le.is_infinite() {
+                    lower
+                } else {
+                    lower + (le - lower) * (rank - below) / (count - below).max(1e-12)
+                };
+                return Some(BucketQuantile {
+                    estimate,
+                    lower,
+                    upper: le,
+                });
             }
             (lower, below) = (le, count);
         }
@@ -1110,18 +1192,6 @@ fn committed(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<u6
             _ => 0,
         })
         .sum())
-}
-
-/// Records on `topic` by its high watermarks, partitions `0..partitions`.
-fn records_on(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Result<u64> {
-    let mut sum = 0;
-    for p in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .with_context(|| format!("reading the watermarks of {topic}"))?;
-        sum += (high - low).max(0) as u64;
-    }
-    Ok(sum)
 }
 
 /// Reads a single-partition alert topic from the beginning: (records, distinct `alert_id`s,
@@ -1359,7 +1429,9 @@ async fn sentinel_throughput(
         alerts_by_rule: m.by_label(ALERTS, "rule"),
         alert_records: 0,
         distinct_alert_ids: 0,
-        changelog_records: None,
+        // The service's count: tansu 0.6's high watermark is the last batch's base offset + 1, so
+        // the topic's watermarks undercount multi-record batches.
+        changelog_records: topics.state.is_some().then(|| m.sum_u64(CHANGELOG_RECORDS)),
         dead_letters: m.sum_u64(DEAD_LETTERS),
         late: m.sum_u64(LATE_RECORDS),
         produce_errors: m.sum_u64(PRODUCE_ERRORS),
@@ -1376,9 +1448,6 @@ async fn sentinel_throughput(
         scrape_wall_ms: after.at.duration_since(before.at).as_secs_f64() * 100.0,
     };
     svc.stop().await?;
-    if let Some(state) = &topics.state {
-        result.changelog_records = Some(records_on(&offsets, state, args.partitions)?);
-    }
     let (records, ids, undecodable) = read_alert_topic(
         &args.brokers,
         &topics.alerts,
@@ -1690,7 +1759,7 @@ struct Latency {
     seconds: u64,
     warmup: u64,
     input: Paced,
-    /// Alert age when read back (ms), sorted.
+    /// Alert age when read back by a downstream consumer (ms), sorted.
     ages_ms: Vec<i64>,
     /// The two legs of each age (ms), each sorted: trigger produced → processed (`detected_at`),
     /// and processed → read back. Same host, same clock.
@@ -1701,8 +1770,13 @@ struct Latency {
     /// Alerts fired by timers (event time is a deadline, not a produce time).
     timer_alerts: u64,
     undecodable: u64,
-    histogram_p99_ms: Option<f64>,
-    histogram_p50_ms: Option<f64>,
+    /// The service's `cx_sentinel_end_to_end_latency_seconds` over the measured part: a
+    /// trigger's produce time (its `occurred_at`) to the broker's acknowledgement of the alert.
+    acked: Buckets,
+    /// The bare relay, measured just before at the same rate.
+    relay: Option<Relay>,
+    /// Share of the machine's CPU stolen by the hypervisor during the run.
+    steal: Option<f64>,
     /// `cx_sentinel_processing_duration_seconds` (decode + engine + enqueue, per record).
     processing_p50_us: Option<f64>,
     processing_p99_us: Option<f64>,
@@ -1736,6 +1810,7 @@ fn paced(
     rate: f64,
     warmup: u64,
     secs: u64,
+    warmed: tokio::sync::oneshot::Sender<()>,
 ) -> Result<Paced> {
     let deliveries = Deliveries {
         ack_ms: Some(Mutex::new(Vec::new())),
@@ -1750,7 +1825,14 @@ fn paced(
     let mut sent = 0u64;
     let started = Instant::now();
     let measured_from = now_ms() + 1000 * warmup as i64;
+    let mut warmed = Some(warmed);
+    let warmup_records = (rate * warmup as f64) as u64;
     while sent < total {
+        if sent >= warmup_records
+            && let Some(w) = warmed.take()
+        {
+            let _ = w.send(());
+        }
         let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
         while sent < due {
             let mut tp = generator.next_touchpoint();
@@ -1857,6 +1939,152 @@ async fn read_alerts(
     out
 }
 
+/// What the bare relay measured.
+struct Relay {
+    input: Paced,
+    /// Each measured record's produce time to the acknowledgement of its forwarded copy (ms),
+    /// sorted.
+    ack_ms: Vec<i64>,
+    steal: Option<f64>,
+}
+
+impl Relay {
+    fn json(&self) -> Value {
+        json!({
+            "produced": self.input.produced,
+            "measured": self.ack_ms.len(),
+            "input_ack_p50_ms": quantile(&self.input.ack_ms, 0.5),
+            "input_ack_p99_ms": quantile(&self.input.ack_ms, 0.99),
+            "p50_ms": quantile(&self.ack_ms, 0.5),
+            "p99_ms": quantile(&self.ack_ms, 0.99),
+            "p999_ms": quantile(&self.ack_ms, 0.999),
+            "max_ms": self.ack_ms.last(),
+            "steal_share": self.steal,
+        })
+    }
+}
+
+/// The latency baseline: a bare relay with the service's consumer and producer settings that
+/// forwards every record, as it is, to another topic, fed by the same paced producer. Its
+/// produce → acknowledged latency is what any consume → produce service gets from this broker
+/// and machine before doing any work; cx-sentinel's is set against it.
+async fn relay_run(
+    args: &Args,
+    config: &Config,
+    generator: &GeneratorConfig,
+    topics: &mut Vec<String>,
+) -> Result<Relay> {
+    let (input, output) = (unique("bench-relay-in"), unique("bench-relay-out"));
+    service::kafka::create_topics(&args.brokers, &[(&input, args.partitions), (&output, 1)])
+        .await
+        .context("creating the relay's topics")?;
+    topics.extend([input.clone(), output.clone()]);
+    for t in [&input, &output] {
+        wait_for_topic(&args.brokers, t).await?;
+    }
+    let consumer: StreamConsumer = service::kafka::consumer_config(config)
+        .set("group.id", unique("bench-relay"))
+        .create()
+        .context("creating the relay's consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..args.partitions {
+        tpl.add_partition_offset(&input, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let producer: ThreadedProducer<Deliveries> = service::kafka::producer_config(config)
+        .create_with_context(Deliveries {
+            ack_ms: Some(Mutex::new(Vec::new())),
+            ..Deliveries::default()
+        })
+        .context("creating the relay's producer")?;
+    let producer = Arc::new(producer);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = &mut stopped => return Ok(()),
+                    m = consumer.recv() => m.context("relay consumer")?,
+                };
+                // The copy keeps the original's timestamp: its produce time.
+                let mut record = BaseRecord::to(&output)
+                    .key(msg.key().unwrap_or_default())
+                    .payload(msg.payload().unwrap_or_default());
+                if let Some(ts) = msg.timestamp().to_millis() {
+                    record = record.timestamp(ts);
+                }
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            record = r;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err((e, _)) => return Err(anyhow!(e).context("relay producer")),
+                    }
+                }
+            }
+        })
+    };
+    let input = {
+        let (brokers, topic) = (args.brokers.clone(), input.clone());
+        let generator = GeneratorConfig {
+            seed: generator.seed.wrapping_add(2),
+            ..generator.clone()
+        };
+        let (rate, warmup, secs) = (
+            args.latency_rate,
+            args.latency_warmup_seconds,
+            args.latency_seconds,
+        );
+        let (warmed, _) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || paced(&brokers, &topic, generator, rate, warmup, secs, warmed))
+            .await??
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while producer.context().ok.load(Ordering::Relaxed) < input.produced {
+        if relay.is_finished() {
+            let why = match relay.await {
+                Ok(Err(e)) => format!("{e:#}"),
+                Ok(Ok(())) => "without an error".into(),
+                Err(e) => e.to_string(),
+            };
+            bail!("the relay stopped: {why}");
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the relay forwarded only {} of {} records within 60 s",
+            producer.context().ok.load(Ordering::Relaxed),
+            input.produced
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    relay.await.context("relay task")??;
+    producer.context().check(input.produced)?;
+    let acks = std::mem::take(
+        &mut *producer
+            .context()
+            .ack_ms
+            .as_ref()
+            .expect("set above")
+            .lock()
+            .expect("not poisoned"),
+    );
+    let mut ack_ms: Vec<i64> = acks
+        .into_iter()
+        .filter(|&(created, _)| created >= input.measured_from)
+        .map(|(_, ms)| ms)
+        .collect();
+    ack_ms.sort_unstable();
+    Ok(Relay {
+        input,
+        ack_ms,
+        steal: None,
+    })
+}
+
 async fn latency_run(
     args: &Args,
     base: &Config,
@@ -1878,6 +2106,7 @@ async fn latency_run(
     tpl.add_partition_offset(&topics.alerts, 0, Offset::Beginning)?;
     reader.assign(&tpl)?;
     let received = Arc::new(AtomicU64::new(0));
+    let mut acked_at_warmup = Buckets::default();
     let (stop_reader, stopped) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(read_alerts(
         reader,
@@ -1897,7 +2126,16 @@ async fn latency_run(
             args.latency_warmup_seconds,
             args.latency_seconds,
         );
-        tokio::task::spawn_blocking(move || paced(&brokers, &topic, generator, rate, warmup, secs)).await??
+        let (warmed_tx, warmed) = tokio::sync::oneshot::channel();
+        let producing = tokio::task::spawn_blocking(move || {
+            paced(&brokers, &topic, generator, rate, warmup, secs, warmed_tx)
+        });
+        // The service's histogram from here on covers the measured part only (an alert of a
+        // warm-up record acknowledged after this point is counted; there are few).
+        if warmed.await.is_ok() {
+            acked_at_warmup = svc.metrics().await?.histogram(END_TO_END_SECONDS);
+        }
+        producing.await??
     };
 
     // Wait for the service to finish and the reader to catch up.
@@ -1950,8 +2188,9 @@ async fn latency_run(
         warmup_alerts,
         timer_alerts: ages.timer_alerts,
         undecodable: ages.undecodable,
-        histogram_p99_ms: m.histogram_quantile(END_TO_END_SECONDS, 0.99).map(|s| s * 1e3),
-        histogram_p50_ms: m.histogram_quantile(END_TO_END_SECONDS, 0.50).map(|s| s * 1e3),
+        acked: m.histogram(END_TO_END_SECONDS).since(&acked_at_warmup),
+        relay: None,
+        steal: None,
         processing_p50_us: m.histogram_quantile(PROCESSING_SECONDS, 0.50).map(|s| s * 1e6),
         processing_p99_us: m.histogram_quantile(PROCESSING_SECONDS, 0.99).map(|s| s * 1e6),
     })
@@ -1970,6 +2209,10 @@ struct Report<'a> {
     /// `--peer`: what it measured, or why it failed.
     peer: Option<PeerOutcome>,
     latency: Option<Latency>,
+}
+
+fn percent(share: Option<f64>) -> String {
+    share.map_or("-".into(), |s| format!("{:.0}%", s * 100.0))
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -2020,8 +2263,8 @@ impl Report<'_> {
         ));
         line(String::new());
         line(format!(
-            "{:<28} {:>12} {:>14} {:>10} {:>10} {:>14}",
-            "", "events/s", "CPU µs/event", "cores", "wall s", "broker µs/ev"
+            "{:<28} {:>12} {:>14} {:>10} {:>10} {:>14} {:>8}",
+            "", "events/s", "CPU µs/event", "cores", "wall s", "broker µs/ev", "steal"
         ));
         let kind = match b.kind {
             BaselineKind::Stream => "baseline (StreamConsumer)",
@@ -2029,13 +2272,14 @@ impl Report<'_> {
         };
         for (name, w, total) in [(kind, &b.steady, &b.total), ("cx-sentinel", &s.steady, &s.total)] {
             line(format!(
-                "{:<28} {:>12.0} {:>14.2} {:>10.2} {:>10.2} {:>14}",
+                "{:<28} {:>12.0} {:>14.2} {:>10.2} {:>10.2} {:>14} {:>8}",
                 name,
                 w.events_per_s(),
                 w.cpu_us_per_event(),
                 w.cpu / w.wall.max(1e-9),
                 total.wall,
-                opt(w.broker_cpu_us_per_event(), 2)
+                opt(w.broker_cpu_us_per_event(), 2),
+                percent(w.steal_share()),
             ));
         }
         line(format!(
@@ -2083,18 +2327,50 @@ impl Report<'_> {
         ));
         line(String::new());
         match &self.latency {
-            Some(l) => line(format!(
-                "latency at {:.0} events/s offered for {} s after {} s warm-up: {} alerts; p50 {} ms, \
-                 p99 {} ms, p999 {} ms (service histogram p99 ~ {} ms, warm-up included)",
-                l.rate,
-                l.seconds,
-                l.warmup,
-                l.ages_ms.len(),
-                opt(l.quantile(0.5), 0),
-                opt(l.quantile(0.99), 0),
-                opt(l.quantile(0.999), 0),
-                opt(l.histogram_p99_ms, 1),
-            )),
+            Some(l) => {
+                let est = |q| opt(l.acked_ms(q).map(|b| b.estimate), 1);
+                let bucket = |q| {
+                    l.acked_ms(q)
+                        .map_or("-".into(), |b| format!("({:.0}, {:.0}]", b.lower, b.upper))
+                };
+                line(format!(
+                    "latency at {:.0} events/s offered for {} s after {} s warm-up, produced -> alert \
+                     acknowledged ({:.0} alerts, service histogram): p50 {} ms, p99 {} ms in {}, \
+                     p999 {} ms in {} (steal {})",
+                    l.rate,
+                    l.seconds,
+                    l.warmup,
+                    l.acked.count(),
+                    est(0.5),
+                    est(0.99),
+                    bucket(0.99),
+                    est(0.999),
+                    bucket(0.999),
+                    percent(l.steal),
+                ));
+                if let Some(r) = &l.relay {
+                    let p99 = l.acked_ms(0.99).map(|b| b.estimate);
+                    line(format!(
+                        "  baseline, a bare relay (the service's client settings, every record \
+                         forwarded), produced -> acknowledged ({} records, exact): p50 {} ms, p99 {} ms, \
+                         p999 {} ms (steal {}); p99 ratio cx-sentinel/relay {}",
+                        r.ack_ms.len(),
+                        opt(quantile(&r.ack_ms, 0.5), 0),
+                        opt(quantile(&r.ack_ms, 0.99), 0),
+                        opt(quantile(&r.ack_ms, 0.999), 0),
+                        percent(r.steal),
+                        opt(p99.zip(quantile(&r.ack_ms, 0.99)).map(|(s, r)| s / r.max(1.0)), 2),
+                    ));
+                }
+                line(format!(
+                    "  produced -> read back by a consumer ({} alerts, exact): p50 {} ms, p99 {} ms, \
+                     p999 {} ms",
+                    l.ages_ms.len(),
+                    opt(l.quantile(0.5), 0),
+                    opt(l.quantile(0.99), 0),
+                    opt(l.quantile(0.999), 0),
+                ));
+            }
             None => line("latency: skipped".into()),
         }
         if let Some(l) = &self.latency {
@@ -2174,7 +2450,8 @@ impl Report<'_> {
     fn json_without_peer(&self) -> Value {
         let (b, s) = (&self.baseline, &self.sentinel);
         let lat = self.latency.as_ref();
-        let q = |p: f64| lat.and_then(|l| l.quantile(p));
+        // The issue's measure: produce time to the alert's acknowledgement.
+        let q = |p: f64| lat.and_then(|l| l.acked_ms(p)).map(|b| b.estimate);
         json!({
             "events": self.args.events,
             "customers_generated": self.args.customers,
@@ -2201,6 +2478,7 @@ impl Report<'_> {
             "p50_ms": q(0.5),
             "p99_ms": q(0.99),
             "p999_ms": q(0.999),
+            "relay_p99_ms": lat.and_then(|l| l.relay.as_ref()).and_then(|r| quantile(&r.ack_ms, 0.99)),
             "bytes_per_customer": s.bytes_per_customer(),
             "baseline": {
                 "steady": b.steady.json(),
@@ -2242,8 +2520,18 @@ impl Report<'_> {
 }
 
 impl Latency {
+    /// Produced → read back by a downstream consumer, exact.
     fn quantile(&self, q: f64) -> Option<f64> {
         quantile(&self.ages_ms, q)
+    }
+
+    /// Produced → alert acknowledged, from the service's histogram, in ms.
+    fn acked_ms(&self, q: f64) -> Option<BucketQuantile> {
+        self.acked.quantile(q).map(|b| BucketQuantile {
+            estimate: b.estimate * 1e3,
+            lower: b.lower * 1e3,
+            upper: b.upper * 1e3,
+        })
     }
 
     fn json(&self) -> Value {
@@ -2258,22 +2546,28 @@ impl Latency {
             "input_ack_p50_ms": quantile(&self.input.ack_ms, 0.5),
             "input_ack_p99_ms": quantile(&self.input.ack_ms, 0.99),
             "reader_fetch_wait_ms": READER_FETCH_WAIT_MS,
+            "acked_alerts": self.acked.count(),
+            "acked_p50_ms": self.acked_ms(0.5).map(|b| b.estimate),
+            "acked_p99_ms": self.acked_ms(0.99).map(|b| b.estimate),
+            "acked_p999_ms": self.acked_ms(0.999).map(|b| b.estimate),
+            "acked_p99_bucket_ms": self.acked_ms(0.99).map(|b| [b.lower, b.upper]),
+            "acked_p999_bucket_ms": self.acked_ms(0.999).map(|b| [b.lower, b.upper]),
             "alerts_measured": self.ages_ms.len(),
             "timer_alerts": self.timer_alerts,
             "undecodable": self.undecodable,
-            "p50_ms": self.quantile(0.5),
-            "p90_ms": self.quantile(0.9),
-            "p99_ms": self.quantile(0.99),
-            "p999_ms": self.quantile(0.999),
-            "max_ms": self.ages_ms.last(),
+            "read_back_p50_ms": self.quantile(0.5),
+            "read_back_p90_ms": self.quantile(0.9),
+            "read_back_p99_ms": self.quantile(0.99),
+            "read_back_p999_ms": self.quantile(0.999),
+            "read_back_max_ms": self.ages_ms.last(),
             "to_detect_p50_ms": quantile(&self.to_detect_ms, 0.5),
             "to_detect_p99_ms": quantile(&self.to_detect_ms, 0.99),
             "to_detect_p999_ms": quantile(&self.to_detect_ms, 0.999),
             "after_detect_p50_ms": quantile(&self.after_detect_ms, 0.5),
             "after_detect_p99_ms": quantile(&self.after_detect_ms, 0.99),
             "after_detect_p999_ms": quantile(&self.after_detect_ms, 0.999),
-            "service_histogram_p50_ms": self.histogram_p50_ms,
-            "service_histogram_p99_ms": self.histogram_p99_ms,
+            "relay": self.relay.as_ref().map(Relay::json),
+            "steal_share": self.steal,
             "processing_p50_us": self.processing_p50_us,
             "processing_p99_us": self.processing_p99_us,
         })

@@ -227,6 +227,7 @@ enum Sent {
     DeadLetter,
     Changelog {
         batch: u64,
+        records: usize,
     },
 }
 
@@ -918,8 +919,9 @@ impl Pipeline {
                             }
                         }
                     }
-                    Sent::Changelog { batch } => {
+                    Sent::Changelog { batch, records } => {
                         let batch = *batch;
+                        self.shared.metrics.changelog_records.inc_by(*records as u64);
                         if let Some(b) = self.batch_mut(done.partition, Some(batch)) {
                             b.changelog_pending = false;
                             self.batch_progress(done.partition).await;
@@ -1012,7 +1014,10 @@ impl Pipeline {
                     partition,
                     epoch,
                     offset: None,
-                    sent: Sent::Changelog { batch: id },
+                    sent: Sent::Changelog {
+                        batch: id,
+                        records: records.len(),
+                    },
                 },
             );
             let topic = self.topics.changelog.clone();
