@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end benchmark (docs/benchmark.md): starts the tansu broker if needed, then runs
-# examples/e2e_bench.rs in release mode. Arguments pass through to the example:
+# examples/e2e_bench/ in release mode. Arguments pass through to the example:
 #   scripts/bench.sh                      # 5,000,000 events (a few minutes on 2 cores)
 #   scripts/bench.sh --events 200000      # a quick run (about a minute after compilation)
 #   scripts/bench.sh --events 1000000 --perf --latency-seconds 0

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """cx-sentinel's rules as a quixstreams application: the peer of the end-to-end benchmark.
 
-`examples/e2e_bench.rs --peer quix` runs this (through `scripts/peer/py-env.sh`) over the same
-input topic as cx-sentinel, with a fresh consumer group and alert topic, and reports its rate and
-CPU next to cx-sentinel's. It can also be run by hand:
+`e2e_bench --peer quix` (`examples/e2e_bench/peer.rs`) runs this (through `scripts/peer/py-env.sh`)
+over the same input topic as cx-sentinel, with a fresh consumer group and alert topic, and reports
+its rate and CPU next to cx-sentinel's. It can also be run by hand:
 
     PY=$(scripts/peer/py-env.sh)
     $PY scripts/peer/quix_sentinel.py --brokers 127.0.0.1:19092 --topic IN --alert-topic OUT \
@@ -647,7 +647,7 @@ def changelog_topic_name(group: str, topic: str, store: str = "default") -> str:
 def wait_for_topic(brokers: str, name: str, timeout: float = 30.0) -> bool:
     """Waits until the broker lists `name` with a leader for every partition (a librdkafka 2.12
     client that fetches a topic tansu 0.6 does not fully know yet can crash: see
-    examples/e2e_bench.rs, wait_for_topic). False if it does not show up in time."""
+    examples/e2e_bench/service.rs, wait_for_topic). False if it does not show up in time."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": brokers})
