@@ -255,11 +255,9 @@ pub(crate) async fn relay_run(
         .set("group.id", unique("bench-relay"))
         .create()
         .context("creating the relay's consumer")?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..args.partitions {
-        tpl.add_partition_offset(&input, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    // A group member like the service (heartbeats, offset commits), not a hand assignment.
+    consumer.subscribe(&[&input])?;
+    let consumer = Arc::new(consumer);
     let producer: ThreadedProducer<Deliveries> = service::kafka::producer_config(config)
         .create_with_context(Deliveries {
             ack_ms: Some(Mutex::new(Vec::new())),
@@ -269,7 +267,7 @@ pub(crate) async fn relay_run(
     let producer = Arc::new(producer);
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let relay = {
-        let producer = producer.clone();
+        let (producer, consumer) = (producer.clone(), consumer.clone());
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -296,6 +294,15 @@ pub(crate) async fn relay_run(
             }
         })
     };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment()?.count() < args.partitions as usize {
+        ensure!(
+            Instant::now() < deadline && !relay.is_finished(),
+            "the relay's consumer was not assigned {} partitions within 60 s",
+            args.partitions
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let input = {
         let (brokers, topic) = (args.brokers.clone(), input.clone());
         let generator = GeneratorConfig {
