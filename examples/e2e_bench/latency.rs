@@ -120,21 +120,7 @@ fn paced(
         .context()
         .check(total)
         .context("the latency run's input")?;
-    let acks = std::mem::take(
-        &mut *producer
-            .context()
-            .ack_ms
-            .as_ref()
-            .expect("set above")
-            .lock()
-            .expect("not poisoned"),
-    );
-    let mut ack_ms: Vec<i64> = acks
-        .into_iter()
-        .filter(|&(created, _)| created >= measured_from)
-        .map(|(_, ms)| ms)
-        .collect();
-    ack_ms.sort_unstable();
+    let ack_ms = producer.context().acks_since(measured_from);
     Ok(Paced {
         produced: total,
         measured: ack_ms.len() as u64,
@@ -339,21 +325,7 @@ pub(crate) async fn relay_run(
     let _ = stop.send(());
     relay.await.context("relay task")??;
     producer.context().check(input.produced)?;
-    let acks = std::mem::take(
-        &mut *producer
-            .context()
-            .ack_ms
-            .as_ref()
-            .expect("set above")
-            .lock()
-            .expect("not poisoned"),
-    );
-    let mut ack_ms: Vec<i64> = acks
-        .into_iter()
-        .filter(|&(created, _)| created >= input.measured_from)
-        .map(|(_, ms)| ms)
-        .collect();
-    ack_ms.sort_unstable();
+    let ack_ms = producer.context().acks_since(input.measured_from);
     Ok(Relay {
         input,
         ack_ms,

@@ -65,6 +65,23 @@ impl ProducerContext for Deliveries {
 }
 
 impl Deliveries {
+    /// Creation → acknowledgement (ms) of the records created at or after `from` (wall-clock
+    /// ms), sorted; takes them out of the context.
+    pub(crate) fn acks_since(&self, from: i64) -> Vec<i64> {
+        let acks = self
+            .ack_ms
+            .as_ref()
+            .map(|a| std::mem::take(&mut *a.lock().expect("not poisoned")))
+            .unwrap_or_default();
+        let mut ms: Vec<i64> = acks
+            .into_iter()
+            .filter(|&(created, _)| created >= from)
+            .map(|(_, ms)| ms)
+            .collect();
+        ms.sort_unstable();
+        ms
+    }
+
     pub(crate) fn check(&self, expected: u64) -> Result<()> {
         let failed = self.failed.load(Ordering::Relaxed);
         let ok = self.ok.load(Ordering::Relaxed);
