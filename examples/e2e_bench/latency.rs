@@ -200,6 +200,9 @@ pub(crate) struct Relay {
     /// Each measured record's produce time to the acknowledgement of its forwarded copy (ms),
     /// sorted.
     pub(crate) ack_ms: Vec<i64>,
+    /// Each measured record's produce time to its consumption by the relay (ms), sorted: the
+    /// same leg as cx-sentinel's produced -> processed.
+    pub(crate) in_ms: Vec<i64>,
     pub(crate) steal: Option<f64>,
 }
 
@@ -214,6 +217,9 @@ impl Relay {
             "p99_ms": quantile(&self.ack_ms, 0.99),
             "p999_ms": quantile(&self.ack_ms, 0.999),
             "max_ms": self.ack_ms.last(),
+            "in_p50_ms": quantile(&self.in_ms, 0.5),
+            "in_p99_ms": quantile(&self.in_ms, 0.99),
+            "in_p999_ms": quantile(&self.in_ms, 0.999),
             "steal_share": self.steal,
         })
     }
@@ -255,9 +261,11 @@ pub(crate) async fn relay_run(
     let relay = {
         let (producer, consumer) = (producer.clone(), consumer.clone());
         tokio::spawn(async move {
+            // (produce time, produce time to consumed) of each record, ms.
+            let mut consumed = Vec::new();
             loop {
                 let msg = tokio::select! {
-                    _ = &mut stopped => return Ok(()),
+                    _ = &mut stopped => return Ok(consumed),
                     m = consumer.recv() => m.context("relay consumer")?,
                 };
                 // The copy keeps the original's timestamp: its produce time.
@@ -266,6 +274,7 @@ pub(crate) async fn relay_run(
                     .payload(msg.payload().unwrap_or_default());
                 if let Some(ts) = msg.timestamp().to_millis() {
                     record = record.timestamp(ts);
+                    consumed.push((ts, now_ms() - ts));
                 }
                 loop {
                     match producer.send(record) {
@@ -309,7 +318,7 @@ pub(crate) async fn relay_run(
         if relay.is_finished() {
             let why = match relay.await {
                 Ok(Err(e)) => format!("{e:#}"),
-                Ok(Ok(())) => "without an error".into(),
+                Ok(Ok(_)) => "without an error".into(),
                 Err(e) => e.to_string(),
             };
             bail!("the relay stopped: {why}");
@@ -323,12 +332,19 @@ pub(crate) async fn relay_run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = stop.send(());
-    relay.await.context("relay task")??;
+    let consumed = relay.await.context("relay task")??;
     producer.context().check(input.produced)?;
     let ack_ms = producer.context().acks_since(input.measured_from);
+    let mut in_ms: Vec<i64> = consumed
+        .into_iter()
+        .filter(|&(ts, _)| ts >= input.measured_from)
+        .map(|(_, ms)| ms)
+        .collect();
+    in_ms.sort_unstable();
     Ok(Relay {
         input,
         ack_ms,
+        in_ms,
         steal: None,
     })
 }

@@ -188,6 +188,12 @@ impl Report<'_> {
                 legs(&l.to_detect_ms),
                 legs(&l.after_detect_ms)
             ));
+            if let Some(r) = &l.relay {
+                line(format!(
+                    "  the relay's way in, produced -> consumed: {}",
+                    legs(&r.in_ms)
+                ));
+            }
         }
         line(format!(
             "memory: +{:.1} MB resident for {} customers = {:.0} bytes/customer (engine estimate {:.0})",
