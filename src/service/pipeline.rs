@@ -8,6 +8,7 @@ use super::{ServiceError, Shared};
 use crate::config::Config;
 use crate::engine::{Effect, Engine, Stream};
 use crate::model::{AlertStatus, Millis};
+use futures::{FutureExt, StreamExt};
 use prometheus::IntCounter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -19,6 +20,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Records processed per wake-up of the loop at most, before deliveries, ticks and shutdown get
+/// their turn (about a millisecond of work).
+const DRAIN_MAX: usize = 256;
 
 fn now_ms() -> Millis {
     std::time::SystemTime::now()
@@ -375,6 +380,9 @@ pub(super) async fn run(
     let ticking = p.eos || p.config.state.changelog;
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
+    // One stream for the whole loop: each `recv()` would register and unregister a waker slot
+    // under the consumer's mutex.
+    let mut messages = consumer.stream();
     loop {
         tokio::select! {
             biased;
@@ -398,18 +406,29 @@ pub(super) async fn run(
                     p.flush_batches().await;
                 }
             }
-            msg = consumer.recv() => {
-                // Rebalance callbacks run inside recv(): a revoke and the next assignment can
-                // both happen in the poll that returns this record, and the record belongs to
-                // the new assignment's state, not the revoked one's.
-                while let Ok(event) = rebalances.try_recv() {
-                    p.rebalance(event);
-                }
-                match msg {
-                    Ok(msg) => p.process(&msg).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+            Some(msg) = messages.next() => {
+                let mut msg = Some(msg);
+                // Then what is already fetched, without a trip through select! per record: its
+                // timers, channels and waker registrations were about 7% of this thread's CPU.
+                let mut drained = 0;
+                while let Some(next) = msg.take() {
+                    // Rebalance callbacks run inside the poll: a revoke and the next assignment
+                    // can both happen in the poll that returns this record, and the record
+                    // belongs to the new assignment's state, not the revoked one's.
+                    while let Ok(event) = rebalances.try_recv() {
+                        p.rebalance(event);
+                    }
+                    match next {
+                        Ok(m) => p.process(&m).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consumer error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            break;
+                        }
+                    }
+                    drained += 1;
+                    if drained < DRAIN_MAX {
+                        msg = messages.next().now_or_never().flatten();
                     }
                 }
             }
