@@ -600,14 +600,9 @@ impl Pipeline {
                 let mut effects = std::mem::take(&mut self.effects);
                 let now = self.clock.at(started);
                 part.stream.push(tp, offset as u64, now, &mut effects);
-                let batch = if self.config.state.changelog {
-                    // A second hold: released once the record is applied and its state change
-                    // is acknowledged in the changelog.
-                    part.hold(offset);
-                    Some(part.open_batch(started))
-                } else {
-                    None
-                };
+                // The hold taken above stays until the record is applied (`Effect::Applied`)
+                // and, with the changelog on, its state change is acknowledged there.
+                let batch = self.config.state.changelog.then(|| part.open_batch(started));
                 for effect in effects.drain(..) {
                     self.apply_effect(msg, effect, batch).await;
                 }
@@ -620,7 +615,6 @@ impl Pipeline {
                         part.seal();
                         self.batch_progress(partition).await;
                     }
-                    self.finish(partition, offset);
                 }
             }
             Err(e) => {
