@@ -14,6 +14,7 @@ use cx_sentinel::metrics::{
     ALERTS, CHANGELOG_RECORDS, CUSTOMERS, DEAD_LETTERS, LATE_RECORDS, PRODUCE_ERRORS, RECORDS_CONSUMED,
     STATE_BYTES,
 };
+use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -197,10 +198,15 @@ pub(crate) async fn baseline_stream(
     let mut first = None;
     let mut count = 0u64;
     let mut errors = 0u32;
-    // One timer for the whole phase: no clock reads per record.
+    // One timer for the whole phase: no clock reads per record. One stream, as the service
+    // reads: `recv()` would take and free a waker slot per record.
+    let mut messages = consumer.stream();
     let read = async {
         while count < n {
-            match consumer.recv().await {
+            let Some(next) = messages.next().await else {
+                bail!("baseline: the consumer's stream ended");
+            };
+            match next {
                 Err(e) => {
                     errors += 1;
                     ensure!(errors < 100, "baseline: too many consumer errors, last: {e}");
