@@ -42,7 +42,7 @@ pub(crate) struct Latency {
     /// The service's `cx_sentinel_end_to_end_latency_seconds` over the measured part: a
     /// trigger's produce time (its `occurred_at`) to the broker's acknowledgement of the alert.
     pub(crate) acked: Buckets,
-    /// The bare relay, measured just before at the same rate.
+    /// The bare relay: measured just before at the same rate, or alongside on the same input.
     pub(crate) relay: Option<Relay>,
     /// Share of the machine's CPU stolen by the hypervisor during the run.
     pub(crate) steal: Option<f64>,
@@ -130,6 +130,7 @@ fn paced(
     })
 }
 
+#[derive(Clone)]
 struct Paced {
     /// Records produced, warm-up included.
     produced: u64,
@@ -203,6 +204,8 @@ pub(crate) struct Relay {
     /// Each measured record's produce time to its consumption by the relay (ms), sorted: the
     /// same leg as cx-sentinel's produced -> processed.
     pub(crate) in_ms: Vec<i64>,
+    /// Run alongside cx-sentinel on its input (`--relay-alongside`), not before it on its own.
+    pub(crate) alongside: bool,
     pub(crate) steal: Option<f64>,
 }
 
@@ -220,6 +223,7 @@ impl Relay {
             "in_p50_ms": quantile(&self.in_ms, 0.5),
             "in_p99_ms": quantile(&self.in_ms, 0.99),
             "in_p999_ms": quantile(&self.in_ms, 0.999),
+            "alongside": self.alongside,
             "steal_share": self.steal,
         })
     }
@@ -235,69 +239,13 @@ pub(crate) async fn relay_run(
     generator: &GeneratorConfig,
     topics: &mut Vec<String>,
 ) -> Result<Relay> {
-    let (input, output) = (unique("bench-relay-in"), unique("bench-relay-out"));
-    service::kafka::create_topics(&args.brokers, &[(&input, args.partitions), (&output, 1)])
+    let input = unique("bench-relay-in");
+    service::kafka::create_topics(&args.brokers, &[(&input, args.partitions)])
         .await
-        .context("creating the relay's topics")?;
-    topics.extend([input.clone(), output.clone()]);
-    for t in [&input, &output] {
-        wait_for_topic(&args.brokers, t).await?;
-    }
-    let consumer: StreamConsumer = service::kafka::consumer_config(config)
-        .set("group.id", unique("bench-relay"))
-        .create()
-        .context("creating the relay's consumer")?;
-    // A group member like the service (heartbeats, offset commits), not a hand assignment.
-    consumer.subscribe(&[&input])?;
-    let consumer = Arc::new(consumer);
-    let producer: ThreadedProducer<Deliveries> = service::kafka::producer_config(config)
-        .create_with_context(Deliveries {
-            ack_ms: Some(Mutex::new(Vec::new())),
-            ..Deliveries::default()
-        })
-        .context("creating the relay's producer")?;
-    let producer = Arc::new(producer);
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = {
-        let (producer, consumer) = (producer.clone(), consumer.clone());
-        tokio::spawn(async move {
-            // (produce time, produce time to consumed) of each record, ms.
-            let mut consumed = Vec::new();
-            loop {
-                let msg = tokio::select! {
-                    _ = &mut stopped => return Ok(consumed),
-                    m = consumer.recv() => m.context("relay consumer")?,
-                };
-                // The copy keeps the original's timestamp: its produce time.
-                let mut record = BaseRecord::to(&output)
-                    .key(msg.key().unwrap_or_default())
-                    .payload(msg.payload().unwrap_or_default());
-                if let Some(ts) = msg.timestamp().to_millis() {
-                    record = record.timestamp(ts);
-                    consumed.push((ts, now_ms() - ts));
-                }
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                            record = r;
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                        Err((e, _)) => return Err(anyhow!(e).context("relay producer")),
-                    }
-                }
-            }
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while consumer.assignment()?.count() < args.partitions as usize {
-        ensure!(
-            Instant::now() < deadline && !relay.is_finished(),
-            "the relay's consumer was not assigned {} partitions within 60 s",
-            args.partitions
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .context("creating the relay's input topic")?;
+    topics.push(input.clone());
+    wait_for_topic(&args.brokers, &input).await?;
+    let relay = RelayTask::start(args, config, &input, topics).await?;
     let input = {
         let (brokers, topic) = (args.brokers.clone(), input.clone());
         let generator = GeneratorConfig {
@@ -313,40 +261,135 @@ pub(crate) async fn relay_run(
         tokio::task::spawn_blocking(move || paced(&brokers, &topic, generator, rate, warmup, secs, warmed))
             .await??
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while producer.context().ok.load(Ordering::Relaxed) < input.produced {
-        if relay.is_finished() {
-            let why = match relay.await {
-                Ok(Err(e)) => format!("{e:#}"),
-                Ok(Ok(_)) => "without an error".into(),
-                Err(e) => e.to_string(),
-            };
-            bail!("the relay stopped: {why}");
+    relay.finish(input, false).await
+}
+
+/// A bare relay at work: a group member on `input` that forwards every record, as it is and with
+/// its timestamp, to a topic of its own.
+struct RelayTask {
+    consumer: Arc<StreamConsumer>,
+    producer: Arc<ThreadedProducer<Deliveries>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// (produce time, produce time to consumed) of each record, ms.
+    task: tokio::task::JoinHandle<Result<Vec<(i64, i64)>>>,
+}
+
+impl RelayTask {
+    /// Starts it and waits until its consumer holds every partition of `input`.
+    async fn start(args: &Args, config: &Config, input: &str, topics: &mut Vec<String>) -> Result<Self> {
+        let output = unique("bench-relay-out");
+        service::kafka::create_topics(&args.brokers, &[(&output, 1)])
+            .await
+            .context("creating the relay's output topic")?;
+        topics.push(output.clone());
+        wait_for_topic(&args.brokers, &output).await?;
+        let consumer: StreamConsumer = service::kafka::consumer_config(config)
+            .set("group.id", unique("bench-relay"))
+            .create()
+            .context("creating the relay's consumer")?;
+        // A group member like the service (heartbeats, offset commits), not a hand assignment.
+        consumer.subscribe(&[input])?;
+        let consumer = Arc::new(consumer);
+        let producer: ThreadedProducer<Deliveries> = service::kafka::producer_config(config)
+            .create_with_context(Deliveries {
+                ack_ms: Some(Mutex::new(Vec::new())),
+                ..Deliveries::default()
+            })
+            .context("creating the relay's producer")?;
+        let producer = Arc::new(producer);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let (producer, consumer) = (producer.clone(), consumer.clone());
+            tokio::spawn(async move {
+                let mut consumed = Vec::new();
+                loop {
+                    let msg = tokio::select! {
+                        _ = &mut stopped => return Ok(consumed),
+                        m = consumer.recv() => m.context("relay consumer")?,
+                    };
+                    // The copy keeps the original's timestamp: its produce time.
+                    let mut record = BaseRecord::to(&output)
+                        .key(msg.key().unwrap_or_default())
+                        .payload(msg.payload().unwrap_or_default());
+                    if let Some(ts) = msg.timestamp().to_millis() {
+                        record = record.timestamp(ts);
+                        consumed.push((ts, now_ms() - ts));
+                    }
+                    loop {
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                                record = r;
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            Err((e, _)) => return Err(anyhow!(e).context("relay producer")),
+                        }
+                    }
+                }
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while consumer.assignment()?.count() < args.partitions as usize {
+            ensure!(
+                Instant::now() < deadline && !task.is_finished(),
+                "the relay's consumer was not assigned {} partitions within 60 s",
+                args.partitions
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        ensure!(
-            Instant::now() < deadline,
-            "the relay forwarded only {} of {} records within 60 s",
-            producer.context().ok.load(Ordering::Relaxed),
-            input.produced
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(Self {
+            consumer,
+            producer,
+            stop,
+            task,
+        })
     }
-    let _ = stop.send(());
-    let consumed = relay.await.context("relay task")??;
-    producer.context().check(input.produced)?;
-    let ack_ms = producer.context().acks_since(input.measured_from);
-    let mut in_ms: Vec<i64> = consumed
-        .into_iter()
-        .filter(|&(ts, _)| ts >= input.measured_from)
-        .map(|(_, ms)| ms)
-        .collect();
-    in_ms.sort_unstable();
-    Ok(Relay {
-        input,
-        ack_ms,
-        in_ms,
-        steal: None,
-    })
+
+    /// Waits until every record of `input` is forwarded and acknowledged, then stops.
+    async fn finish(self, input: Paced, alongside: bool) -> Result<Relay> {
+        let Self {
+            consumer,
+            producer,
+            stop,
+            task,
+        } = self;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while producer.context().ok.load(Ordering::Relaxed) < input.produced {
+            if task.is_finished() {
+                let why = match task.await {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Ok(Ok(_)) => "without an error".into(),
+                    Err(e) => e.to_string(),
+                };
+                bail!("the relay stopped: {why}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the relay forwarded only {} of {} records within 60 s",
+                producer.context().ok.load(Ordering::Relaxed),
+                input.produced
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = stop.send(());
+        let consumed = task.await.context("relay task")??;
+        drop(consumer);
+        producer.context().check(input.produced)?;
+        let ack_ms = producer.context().acks_since(input.measured_from);
+        let mut in_ms: Vec<i64> = consumed
+            .into_iter()
+            .filter(|&(ts, _)| ts >= input.measured_from)
+            .map(|(_, ms)| ms)
+            .collect();
+        in_ms.sort_unstable();
+        Ok(Relay {
+            input,
+            ack_ms,
+            in_ms,
+            alongside,
+            steal: None,
+        })
+    }
 }
 
 pub(crate) async fn latency_run(
@@ -354,10 +397,16 @@ pub(crate) async fn latency_run(
     base: &Config,
     topics: &ServiceTopics,
     generator: &GeneratorConfig,
+    created: &mut Vec<String>,
 ) -> Result<Latency> {
     let mut svc = Service::start(service_config(args, base, topics)).await?;
     svc.wait_assigned(args.partitions, Duration::from_secs(60))
         .await?;
+    // The same records at the same moments: what the broker and the host do to both shows in both.
+    let relay = match args.relay_alongside {
+        true => Some(RelayTask::start(args, base, &topics.input, created).await?),
+        false => None,
+    };
 
     let reader: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
@@ -426,6 +475,10 @@ pub(crate) async fn latency_run(
     };
     let _ = stop_reader.send(());
     let ages = reader.await.context("alert reader")?;
+    let relay = match relay {
+        Some(r) => Some(r.finish(input.clone(), true).await?),
+        None => None,
+    };
     svc.stop().await?;
     let (mut ages_ms, mut to_detect_ms, mut after_detect_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut warmup_alerts = 0;
@@ -453,7 +506,7 @@ pub(crate) async fn latency_run(
         timer_alerts: ages.timer_alerts,
         undecodable: ages.undecodable,
         acked: m.histogram(END_TO_END_SECONDS).since(&acked_at_warmup),
-        relay: None,
+        relay,
         steal: None,
         processing_p50_us: m.histogram_quantile(PROCESSING_SECONDS, 0.50).map(|s| s * 1e6),
         processing_p99_us: m.histogram_quantile(PROCESSING_SECONDS, 0.99).map(|s| s * 1e6),

@@ -109,6 +109,12 @@ struct Args {
     /// Offered rate of the latency run, touchpoints per second.
     #[arg(long, default_value_t = 20_000.0)]
     latency_rate: f64,
+    /// Run the latency baseline's bare relay alongside cx-sentinel, on its input topic at the
+    /// same time (its own group), instead of before it on a topic of its own: both then see the
+    /// same records under the same broker and host conditions, so the comparison survives a
+    /// noisy host; the relay's forwarding adds to the broker's load during cx-sentinel's run.
+    #[arg(long)]
+    relay_alongside: bool,
     /// Duration of the latency run (0 skips it).
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
@@ -305,12 +311,19 @@ async fn run(args: &Args, probe: &Probe, topics: &mut Vec<String>) -> Result<()>
         .await?;
         topics.extend(lat_topics.created());
         let before_relay = probe.snap()?;
-        let mut relay = relay_run(args, &config, &generator, topics).await?;
+        let relay = match args.relay_alongside {
+            true => None,
+            false => Some(relay_run(args, &config, &generator, topics).await?),
+        };
         let before = probe.snap()?;
-        let mut l = latency_run(args, &config, &lat_topics, &generator).await?;
-        relay.steal = Window::between(&before_relay, &before, 0).steal_share();
+        let mut l = latency_run(args, &config, &lat_topics, &generator, topics).await?;
         l.steal = Window::between(&before, &probe.snap()?, 0).steal_share();
-        l.relay = Some(relay);
+        if let Some(mut relay) = relay {
+            relay.steal = Window::between(&before_relay, &before, 0).steal_share();
+            l.relay = Some(relay);
+        } else if let Some(relay) = l.relay.as_mut() {
+            relay.steal = l.steal;
+        }
         Some(l)
     } else {
         eprintln!("[5/5] latency: skipped (--latency-seconds 0)");

@@ -159,9 +159,14 @@ impl Report<'_> {
                 if let Some(r) = &l.relay {
                     let p99 = l.acked_ms(0.99).map(|b| b.estimate);
                     line(format!(
-                        "  baseline, a bare relay (the service's client settings, every record \
+                        "  baseline, a bare relay{} (the service's client settings, every record \
                          forwarded), produced -> acknowledged ({} records, exact): p50 {} ms, p99 {} ms, \
                          p999 {} ms (steal {}); p99 ratio cx-sentinel/relay {}",
+                        if r.alongside {
+                            " alongside on the same input"
+                        } else {
+                            ""
+                        },
                         r.ack_ms.len(),
                         opt(quantile(&r.ack_ms, 0.5), 0),
                         opt(quantile(&r.ack_ms, 0.99), 0),
