@@ -246,22 +246,36 @@ pub(crate) async fn relay_run(
     topics.push(input.clone());
     wait_for_topic(&args.brokers, &input).await?;
     let relay = RelayTask::start(args, config, &input, topics).await?;
-    let input = {
-        let (brokers, topic) = (args.brokers.clone(), input.clone());
-        let generator = GeneratorConfig {
-            seed: generator.seed.wrapping_add(2),
-            ..generator.clone()
-        };
-        let (rate, warmup, secs) = (
-            args.latency_rate,
-            args.latency_warmup_seconds,
-            args.latency_seconds,
-        );
-        let (warmed, _) = tokio::sync::oneshot::channel();
-        tokio::task::spawn_blocking(move || paced(&brokers, &topic, generator, rate, warmup, secs, warmed))
-            .await??
+    let (producing, _warmed) = spawn_paced(args, &input, generator, 2);
+    relay.finish(producing.await??, false).await
+}
+
+/// Starts the paced producer (`paced`) on a blocking thread, its generator seeded `seed_offset`
+/// away from the load's; the receiver fires when the warm-up ends.
+fn spawn_paced(
+    args: &Args,
+    topic: &str,
+    generator: &GeneratorConfig,
+    seed_offset: u64,
+) -> (
+    tokio::task::JoinHandle<Result<Paced>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (brokers, topic) = (args.brokers.clone(), topic.to_owned());
+    let generator = GeneratorConfig {
+        seed: generator.seed.wrapping_add(seed_offset),
+        ..generator.clone()
     };
-    relay.finish(input, false).await
+    let (rate, warmup, secs) = (
+        args.latency_rate,
+        args.latency_warmup_seconds,
+        args.latency_seconds,
+    );
+    let (warmed_tx, warmed) = tokio::sync::oneshot::channel();
+    let producing = tokio::task::spawn_blocking(move || {
+        paced(&brokers, &topic, generator, rate, warmup, secs, warmed_tx)
+    });
+    (producing, warmed)
 }
 
 /// A bare relay at work: a group member on `input` that forwards every record, as it is and with
@@ -429,20 +443,7 @@ pub(crate) async fn latency_run(
     ));
 
     let input = {
-        let (brokers, topic) = (args.brokers.clone(), topics.input.clone());
-        let generator = GeneratorConfig {
-            seed: generator.seed.wrapping_add(1),
-            ..generator.clone()
-        };
-        let (rate, warmup, secs) = (
-            args.latency_rate,
-            args.latency_warmup_seconds,
-            args.latency_seconds,
-        );
-        let (warmed_tx, warmed) = tokio::sync::oneshot::channel();
-        let producing = tokio::task::spawn_blocking(move || {
-            paced(&brokers, &topic, generator, rate, warmup, secs, warmed_tx)
-        });
+        let (producing, warmed) = spawn_paced(args, &topics.input, generator, 1);
         // The service's histogram from here on covers the measured part only (an alert of a
         // warm-up record acknowledged after this point is counted; there are few).
         if warmed.await.is_ok() {
