@@ -18,8 +18,8 @@ use futures::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
@@ -185,6 +185,46 @@ pub(crate) struct Baseline {
     pub(crate) threads: BTreeMap<String, f64>,
 }
 
+/// What both baseline readers count: records, consumer errors, and the first record's snapshot
+/// (the steady window starts there).
+#[derive(Default)]
+struct Tally {
+    first: Option<(Snap, Threads)>,
+    count: u64,
+    errors: u32,
+}
+
+impl Tally {
+    fn take(&mut self, polled: KafkaResult<BorrowedMessage<'_>>, probe: &Probe) -> Result<()> {
+        match polled {
+            Err(e) => {
+                self.errors += 1;
+                ensure!(self.errors < 100, "baseline: too many consumer errors, last: {e}");
+                eprintln!("      baseline consumer error: {e}");
+            }
+            Ok(m) => {
+                if self.first.is_none() {
+                    self.first = Some((probe.snap()?, threads()));
+                }
+                std::hint::black_box(m.payload_len());
+                self.count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, kind: BaselineKind, started: &Snap, n: u64, probe: &Probe) -> Result<Baseline> {
+        let end = probe.snap()?;
+        let (first, threads0) = self.first.expect("n > 0");
+        Ok(Baseline {
+            kind,
+            total: Window::between(started, &end, n),
+            steady: Window::between(&first, &end, n - 1),
+            threads: probe.by_thread(&threads0, &threads()),
+        })
+    }
+}
+
 pub(crate) async fn baseline_stream(
     cc: ClientConfig,
     topic: &str,
@@ -195,47 +235,24 @@ pub(crate) async fn baseline_stream(
     let consumer: StreamConsumer = cc.create().context("creating the baseline consumer")?;
     consumer.subscribe(&[topic])?;
     let started = probe.snap()?;
-    let mut first = None;
-    let mut count = 0u64;
-    let mut errors = 0u32;
+    let mut tally = Tally::default();
     // One timer for the whole phase: no clock reads per record. One stream, as the service
     // reads: `recv()` would take and free a waker slot per record.
     let mut messages = consumer.stream();
     let read = async {
-        while count < n {
+        while tally.count < n {
             let Some(next) = messages.next().await else {
                 bail!("baseline: the consumer's stream ended");
             };
-            match next {
-                Err(e) => {
-                    errors += 1;
-                    ensure!(errors < 100, "baseline: too many consumer errors, last: {e}");
-                    eprintln!("      baseline consumer error: {e}");
-                }
-                Ok(m) => {
-                    if first.is_none() {
-                        first = Some((probe.snap()?, threads()));
-                    }
-                    std::hint::black_box(m.payload_len());
-                    count += 1;
-                }
-            }
+            tally.take(next, probe)?;
         }
         Ok(())
     };
-    let read = tokio::time::timeout(timeout, read).await;
-    match read {
-        Err(_) => bail!("baseline: only {count} of {n} records within {timeout:?}"),
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => bail!("baseline: only {} of {n} records within {timeout:?}", tally.count),
         Ok(r) => r?,
     }
-    let end = probe.snap()?;
-    let (first, threads0) = first.expect("n > 0");
-    Ok(Baseline {
-        kind: BaselineKind::Stream,
-        total: Window::between(&started, &end, n),
-        steady: Window::between(&first, &end, n - 1),
-        threads: probe.by_thread(&threads0, &threads()),
-    })
+    tally.finish(BaselineKind::Stream, &started, n, probe)
 }
 
 pub(crate) fn baseline_base(
@@ -249,38 +266,19 @@ pub(crate) fn baseline_base(
     consumer.subscribe(&[topic])?;
     let started = probe.snap()?;
     let deadline = started.at + timeout;
-    let mut first = None;
-    let mut count = 0u64;
-    let mut errors = 0u32;
-    while count < n {
+    let mut tally = Tally::default();
+    while tally.count < n {
         match consumer.poll(Duration::from_millis(100)) {
             // Checked only when idle: no clock reads per record.
             None => ensure!(
                 Instant::now() < deadline,
-                "baseline: only {count} of {n} records within {timeout:?}"
+                "baseline: only {} of {n} records within {timeout:?}",
+                tally.count
             ),
-            Some(Err(e)) => {
-                errors += 1;
-                ensure!(errors < 100, "baseline: too many consumer errors, last: {e}");
-                eprintln!("      baseline consumer error: {e}");
-            }
-            Some(Ok(m)) => {
-                if first.is_none() {
-                    first = Some((probe.snap()?, threads()));
-                }
-                std::hint::black_box(m.payload_len());
-                count += 1;
-            }
+            Some(polled) => tally.take(polled, probe)?,
         }
     }
-    let end = probe.snap()?;
-    let (first, threads0) = first.expect("n > 0");
-    Ok(Baseline {
-        kind: BaselineKind::Base,
-        total: Window::between(&started, &end, n),
-        steady: Window::between(&first, &end, n - 1),
-        threads: probe.by_thread(&threads0, &threads()),
-    })
+    tally.finish(BaselineKind::Base, &started, n, probe)
 }
 
 // ---------------------------------------------------------------------------------------------
