@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         let tp = generator.next_touchpoint();
         let customer = tp.customer_id.clone();
         out.clear();
-        stream.push(tp, seq, 0, &mut out);
+        stream.push(tp, seq, cx_sentinel::engine::ARRIVAL_UNCHECKED, 0, &mut out);
         value.clear();
         engine.snapshot(&customer, seq as i64, &mut value);
         bytes += value.len();

@@ -207,10 +207,19 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// How far behind the highest event time seen an event may arrive and still count; also the
-    /// delay before an event is acted on (the watermark trails the newest event by this much).
+    /// How far behind the partition's event-time clock a touchpoint may arrive and still count.
+    /// Touchpoints are acted on when they arrive whatever this is; a late one is applied where it
+    /// belongs in event time and may correct an alert already published.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// A touchpoint stamped further ahead than this of its record's timestamp (live) or of the
+    /// processing clock (replay) is dead-lettered as `future` and moves no clock.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// A partition with no input for this long follows the wall clock, so SLA escalations and
+    /// expiries fire on time on quiet partitions.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Half-life of the experience score.
     #[serde(with = "humantime_serde")]
     pub score_half_life: Duration,
@@ -234,7 +243,9 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            allowed_lateness: Duration::from_secs(10 * 60),
+            allowed_lateness: Duration::from_secs(3_600),
+            max_clock_skew: Duration::from_secs(5 * 60),
+            idle_timeout: Duration::from_secs(1),
             score_half_life: Duration::from_secs(7 * 86_400),
             case_sla: Duration::from_secs(4 * 3_600),
             case_expiry: Duration::from_secs(30 * 86_400),
@@ -482,8 +493,20 @@ impl Config {
         if e.allowed_lateness > Duration::from_secs(7 * 86_400) {
             return Err(bad(
                 "engine.allowed_lateness",
-                "must be at most 7 days (it is also the delay before acting)".into(),
+                "must be at most 7 days (late touchpoints are remembered that long)".into(),
             ));
+        }
+        if e.allowed_lateness >= e.case_expiry {
+            return Err(bad(
+                "engine.allowed_lateness",
+                format!(
+                    "must be shorter than engine.case_expiry ({}): expiries wait for the lateness to pass",
+                    humantime::format_duration(e.case_expiry)
+                ),
+            ));
+        }
+        if e.idle_timeout.is_zero() {
+            return Err(bad("engine.idle_timeout", "must be longer than zero".into()));
         }
         if e.customer_ttl < e.case_expiry {
             return Err(bad(
@@ -726,9 +749,20 @@ mod tests {
     }
 
     #[test]
+    fn lateness_must_be_shorter_than_case_expiry_and_idle_timeout_positive() {
+        let e = parse("[engine]\nallowed_lateness = \"2d\"\ncase_expiry = \"1d\"\ncustomer_ttl = \"1d\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("engine.allowed_lateness"), "{e}");
+        let e = parse("[engine]\nidle_timeout = \"0s\"").unwrap_err();
+        assert!(e.to_string().contains("engine.idle_timeout"), "{e}");
+    }
+
+    #[test]
     fn defaults_match_the_documented_rules() {
         let c = parse("").unwrap();
-        assert_eq!(c.engine.allowed_lateness, Duration::from_secs(600));
+        assert_eq!(c.engine.allowed_lateness, Duration::from_secs(3600));
+        assert_eq!(c.engine.max_clock_skew, Duration::from_secs(300));
+        assert_eq!(c.engine.idle_timeout, Duration::from_secs(1));
         assert_eq!(c.engine.case_sla, Duration::from_secs(4 * 3600));
         assert_eq!(c.rules.tiers["vip"], 2.0);
         assert_eq!(c.rules.high_effort.min_contacts, 4);

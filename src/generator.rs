@@ -734,9 +734,9 @@ mod tests {
         let mut stream = Stream::new(engine);
         let mut out = Vec::new();
         for (i, ev) in events.into_iter().enumerate() {
-            stream.push(ev, i as u64, 0, &mut out);
+            stream.push(ev, i as u64, crate::engine::ARRIVAL_UNCHECKED, 0, &mut out);
         }
-        stream.flush(0, &mut out);
+        stream.flush(None, 0, &mut out);
         assert!(
             !out.iter()
                 .any(|e| matches!(e, Effect::Late { .. } | Effect::Duplicate { .. })),

@@ -34,6 +34,11 @@ enum Command {
         /// Where alerts go (JSON lines); stdout if absent.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// At the end of input, let event time run on to this moment (RFC 3339, or `now`) and fire
+        /// the SLA escalations and expiries due by then, as a live partition that stays quiet
+        /// would. Without it, replay stops at the newest event time in the file.
+        #[arg(long, value_parser = parse_until)]
+        until: Option<Until>,
     },
     /// Run the service: consume touchpoints, publish recovery alerts, serve HTTP. Stops on SIGTERM/SIGINT.
     Run {
@@ -57,6 +62,22 @@ enum Command {
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
     },
+}
+
+/// `replay --until`: a moment, or the time the replay runs.
+#[derive(Clone, Copy, Debug)]
+enum Until {
+    Now,
+    At(i64),
+}
+
+fn parse_until(s: &str) -> Result<Until, String> {
+    if s == "now" {
+        return Ok(Until::Now);
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("expected an RFC 3339 time (2026-03-01T09:00:00Z) or `now`: {e}"))?;
+    Ok(Until::At((t.unix_timestamp_nanos() / 1_000_000) as i64))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -151,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
             format,
             output,
+            until,
         } => {
             let config = Config::load(&config)?;
             let file =
@@ -174,6 +196,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut out,
                 &mut err,
                 &now_ms,
+                until.map(|u| match u {
+                    Until::Now => now_ms(),
+                    Until::At(t) => t,
+                }),
             )
             .with_context(|| format!("replaying {}", input.display()))?;
             eprintln!("{summary}");

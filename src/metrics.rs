@@ -9,6 +9,8 @@ pub const RECORDS_CONSUMED: &str = "cx_sentinel_records_consumed_total";
 pub const DECODE_ERRORS: &str = "cx_sentinel_decode_errors_total";
 pub const DEAD_LETTERS: &str = "cx_sentinel_dead_letters_total";
 pub const LATE_RECORDS: &str = "cx_sentinel_late_records_total";
+pub const FUTURE_RECORDS: &str = "cx_sentinel_future_records_total";
+pub const ALERT_CORRECTIONS: &str = "cx_sentinel_alert_corrections_total";
 pub const DUPLICATE_RECORDS: &str = "cx_sentinel_duplicate_records_total";
 pub const ALERTS: &str = "cx_sentinel_alerts_total";
 pub const PRODUCE_ERRORS: &str = "cx_sentinel_produce_errors_total";
@@ -37,9 +39,12 @@ pub struct Metrics {
     pub records_consumed: IntCounterVec,
     /// Label: class (json, avro, framing, unknown_schema, validation).
     pub decode_errors: IntCounterVec,
-    /// Label: reason (a decode class, or `late`).
+    /// Label: reason (a decode class, `late` or `future`).
     pub dead_letters: IntCounterVec,
     pub late_records: IntCounter,
+    pub future_records: IntCounter,
+    /// Label: rule (of the case withdrawn). Published corrections (WITHDRAWN alerts).
+    pub alert_corrections: IntCounterVec,
     pub duplicate_records: IntCounter,
     /// Labels: rule, severity, status.
     pub alerts: IntCounterVec,
@@ -116,6 +121,19 @@ impl Metrics {
                     "Touchpoints behind the watermark (dead-lettered, not applied).",
                 )
                 .expect("valid metric"),
+            ),
+            future_records: reg(
+                &registry,
+                IntCounter::new(
+                    FUTURE_RECORDS,
+                    "Touchpoints stamped further ahead of their record's timestamp than engine.max_clock_skew (dead-lettered, not applied).",
+                )
+                .expect("valid metric"),
+            ),
+            alert_corrections: counter_vec(
+                ALERT_CORRECTIONS,
+                "Corrections published: a late touchpoint showed an open case should never have opened (WITHDRAWN).",
+                &["rule"],
             ),
             duplicate_records: reg(
                 &registry,

@@ -71,7 +71,8 @@ avro_enum!(
 );
 avro_enum!(
     /// Where a recovery case stands.
-    AlertStatus { Open = "OPEN", Escalated = "ESCALATED", Recovered = "RECOVERED", Expired = "EXPIRED" }
+    AlertStatus { Open = "OPEN", Escalated = "ESCALATED", Recovered = "RECOVERED", Expired = "EXPIRED",
+                  Withdrawn = "WITHDRAWN" }
 );
 
 impl Severity {

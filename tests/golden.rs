@@ -27,6 +27,7 @@ fn run(name: &str) -> Vec<Value> {
         &mut out,
         &mut problems,
         &|| 1_900_000_000_000,
+        None,
     )
     .unwrap();
     assert_eq!(summary.rejected, 0, "{}", String::from_utf8_lossy(&problems));

@@ -227,13 +227,19 @@ fn bytes_per_customer_with_full_rings() {
     let mut opened = 0;
     for round in 0..RING {
         for c in 0..CUSTOMERS {
-            stream.push(touchpoint(c, round), seq, T0, &mut out);
+            stream.push(
+                touchpoint(c, round),
+                seq,
+                cx_sentinel::engine::ARRIVAL_UNCHECKED,
+                T0,
+                &mut out,
+            );
             seq += 1;
             opened += out.iter().filter(|e| matches!(e, Effect::Alert { .. })).count();
             out.clear();
         }
     }
-    stream.flush(T0, &mut out);
+    stream.flush(None, T0, &mut out);
     out.clear();
 
     let after = live();

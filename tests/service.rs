@@ -36,7 +36,8 @@ fn encode_lines(lines: &[String], format: Format) -> Vec<(String, Vec<u8>)> {
 async fn end_to_end(input: Format, output: Format) {
     let Some(brokers) = brokers() else { return };
     let t = topics(&brokers, 1).await;
-    let config = config(&brokers, &t, input, output);
+    let mut config = config(&brokers, &t, input, output);
+    timers_follow_event_time_only(&mut config);
     let lines = scenario_lines();
     let expected = replay(&config, &lines);
     assert!(
@@ -47,6 +48,92 @@ async fn end_to_end(input: Format, output: Format) {
     produce(&brokers, &t.input, &encode_lines(&lines, input)).await;
     let got = alerts(output, &consume(&brokers, &t.alerts, expected.len(), WAIT).await);
     assert_eq!(got, expected);
+    svc.stop().await.unwrap();
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A touchpoint stamped `ago_ms` before now, as a JSON line.
+fn recent_line(id: &str, customer: &str, ago_ms: i64, touchpoint: &str, outcome: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&tp_line(id, customer, 0, touchpoint, outcome)).unwrap();
+    v["occurred_at"] = serde_json::Value::from(now_ms() - ago_ms);
+    v.to_string()
+}
+
+/// The shipped config (an hour of lateness): one critical touchpoint on an otherwise silent
+/// partition pages at once, and the case's SLA escalates on time with no further traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_trigger_pages_at_once_and_its_sla_fires_on_a_silent_partition() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let config = config(&brokers, &t, Format::Json, Format::Json);
+    let sla = config.engine.case_sla.as_millis() as i64;
+    let svc = start(config).await;
+    // Opened 4 h minus 5 s ago: its SLA falls due 5 s from now.
+    let line = recent_line("lone", "c-lone", sla - 5_000, "payment.transfer", "FAILURE");
+    produce(&brokers, &t.input, &keyed(&[line])).await;
+    // Decoded as they are (`alerts` drops `detected_at`).
+    let got: Vec<serde_json::Value> = consume(&brokers, &t.alerts, 2, WAIT)
+        .await
+        .iter()
+        .map(|m| {
+            serde_json::to_value(cx_sentinel::demo::decode_alert(Format::Json, m.payload().unwrap()).unwrap())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got.iter().filter(|a| a["status"] == "OPEN").count(), 1, "{got:?}");
+    let escalation = got
+        .iter()
+        .find(|a| a["status"] == "ESCALATED")
+        .expect("the SLA fired");
+    assert_eq!(escalation["rule"], "sla_breach");
+    let deadline = escalation["event_time"].as_i64().unwrap();
+    let detected = escalation["detected_at"].as_i64().unwrap();
+    assert!(
+        detected >= deadline,
+        "fired at {detected}, before its deadline {deadline}"
+    );
+    eprintln!(
+        "sla escalation detected {} ms after its deadline",
+        detected - deadline
+    );
+    svc.stop().await.unwrap();
+}
+
+/// A touchpoint stamped far ahead of its record's timestamp is one dead letter (`future`); the
+/// partition's clock does not move, so the touchpoints after it are not late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_clock_is_one_dead_letter() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let svc = start(config(&brokers, &t, Format::Json, Format::Json)).await;
+    produce(
+        &brokers,
+        &t.input,
+        &keyed(&[
+            recent_line("wrong", "c-a", -3_600_000, "faq.view", "SUCCESS"),
+            recent_line("after", "c-b", 600_000, "payment.transfer", "FAILURE"),
+        ]),
+    )
+    .await;
+    let dlq = consume(&brokers, &t.dlq, 1, WAIT).await;
+    let class = dlq[0]
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "cx.error.class").and_then(|h| h.value))
+        .map(|v| String::from_utf8_lossy(v).to_string());
+    assert_eq!(class.as_deref(), Some("future"));
+    let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 1, WAIT).await);
+    assert_eq!(
+        got[0]["customer_id"], "c-b",
+        "the next touchpoint was applied, not late"
+    );
     svc.stop().await.unwrap();
 }
 
@@ -69,7 +156,7 @@ fn tp_line(id: &str, customer: &str, minute: i64, touchpoint: &str, outcome: &st
     let tp = Touchpoint {
         event_id: id.into(),
         customer_id: customer.into(),
-        occurred_at: 1_772_359_200_000 + minute * 60_000,
+        occurred_at: t0() + minute * 60_000,
         channel: cx_sentinel::model::Channel::Chat,
         kind: cx_sentinel::model::TouchpointKind::Interaction,
         direction: cx_sentinel::model::Direction::Inbound,
@@ -88,15 +175,14 @@ fn tp_line(id: &str, customer: &str, minute: i64, touchpoint: &str, outcome: &st
 async fn poison_pill_is_dead_lettered_and_the_partition_moves_on() {
     let Some(brokers) = brokers() else { return };
     let t = topics(&brokers, 1).await;
-    let mut config = config(&brokers, &t, Format::Json, Format::Json);
-    config.engine.allowed_lateness = Duration::from_secs(600);
+    let config = config(&brokers, &t, Format::Json, Format::Json);
     let svc = start(config).await;
     let mut records = keyed(&[tp_line("a", "c1", 0, "payment.transfer", "FAILURE")]);
     records.push(("c2".into(), b"{\"event_id\": \"torn".to_vec()));
     records.extend(keyed(&[
         tp_line("b", "c3", 1, "faq.view", "SUCCESS"),
-        // 20 minutes behind the newest event: beyond the 10 minute lateness.
-        tp_line("late", "c4", -30, "payment.transfer", "FAILURE"),
+        // 91 minutes behind the newest event: beyond the shipped hour of lateness.
+        tp_line("late", "c4", -90, "payment.transfer", "FAILURE"),
         tp_line("c", "c5", 15, "account.unlock", "FAILURE"),
         tp_line("d", "c6", 40, "faq.view", "SUCCESS"),
     ]));
@@ -126,7 +212,7 @@ async fn poison_pill_is_dead_lettered_and_the_partition_moves_on() {
     assert_eq!(header(&dlq[1], "cx.error.class"), "late");
     assert_eq!(header(&dlq[1], "cx.source.offset"), "3");
 
-    // Records after the poison pill were processed: c5's failure pages once the watermark passes it.
+    // Records after the poison pill were processed: c5's failure pages as it arrives.
     let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 2, WAIT).await);
     let customers: Vec<&str> = got.iter().map(|a| a["customer_id"].as_str().unwrap()).collect();
     assert_eq!(got.len(), 2, "{got:?}");
@@ -219,7 +305,7 @@ async fn metrics_health_and_customer_endpoints() {
     let mut lines = scenario_lines();
     lines.push(
         serde_json::json!({
-            "event_id": "last", "customer_id": "cust-vip-99", "occurred_at": 1_800_000_000_000i64,
+            "event_id": "last", "customer_id": "cust-vip-99", "occurred_at": t0() + 60_000,
             "channel": "CHAT", "kind": "INTERACTION", "direction": "INBOUND", "journey": "payment",
             "touchpoint": "payment.transfer", "outcome": "FAILURE", "customer_tier": "vip",
             "attributes": {"card_number": "4111111111111111", "order": "7"}

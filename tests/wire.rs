@@ -22,7 +22,8 @@ async fn python_client_round_trip_matches_replay() {
         }
     };
     let t = topics(&brokers, 1).await;
-    let config = config(&brokers, &t, Format::ConfluentAvro, Format::ConfluentAvro);
+    let mut config = config(&brokers, &t, Format::ConfluentAvro, Format::ConfluentAvro);
+    timers_follow_event_time_only(&mut config);
     let lines = scenario_lines();
     let expected = replay(&config, &lines);
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,12 @@
 //! lifecycle and event-time timers. Pure: time comes in as arguments, effects go out in a `Vec`.
 //!
 //! [`Engine`] is shared (one per process); [`Stream`] is one ordered input (a Kafka partition, a
-//! replay file) with its own watermark, reorder buffer and timer queue. Every customer belongs to
-//! exactly one stream, so the map is only ever written by that stream's task.
+//! replay file) with its own event-time clock and timer queue. Every customer belongs to exactly
+//! one stream, so the map is only ever written by that stream's task.
+//!
+//! Event time without holding data: each touchpoint is applied the moment it arrives, in input
+//! order (which keeps replay deterministic), and counts where it belongs in event time; one that
+//! arrives late (within `engine.allowed_lateness`) can correct an alert already published.
 
 pub mod intern;
 pub mod rules;
@@ -20,8 +24,8 @@ use intern::Interner;
 use rules::{Polarity, Rules, Stake};
 use serde::Serialize;
 use state::{Case, CompactId, CustomerKey, CustomerState, Episode, NO_TIER, Recent, RuleId, fnv64};
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 /// Distinct touchpoint types and tiers remembered before new ones read back as "(other)".
@@ -46,6 +50,13 @@ pub enum Effect {
         seq: u64,
         event: Box<Touchpoint>,
         behind_ms: Millis,
+    },
+    /// The record's event time is further ahead of its arrival than `engine.max_clock_skew` (a
+    /// wrong clock): not applied, and it moved no clock.
+    Future {
+        seq: u64,
+        event: Box<Touchpoint>,
+        ahead_ms: Millis,
     },
     /// Customers dropped from state (idle past the TTL, or shed at the customer cap).
     Evicted { keys: Vec<Arc<str>> },
@@ -182,9 +193,12 @@ impl Engine {
         })
     }
 
+    /// The remembered touchpoints, oldest first in event time (a late one sits in the ring in
+    /// arrival order).
     fn recent(&self, s: &CustomerState) -> Vec<RecentTouchpoint> {
         let names = self.touchpoint_types.names();
-        s.recent()
+        let mut recent: Vec<RecentTouchpoint> = s
+            .recent()
             .map(|r| RecentTouchpoint {
                 event_id: s.event_id(r),
                 occurred_at: r.occurred_at(),
@@ -193,7 +207,10 @@ impl Engine {
                 outcome: r.outcome(),
                 sentiment: r.sentiment(),
             })
-            .collect()
+            .collect();
+        // Stable: equal times keep their arrival order.
+        recent.sort_by_key(|r| r.occurred_at);
+        recent
     }
 
     fn tier_multiplier(&self, tier: u32) -> f64 {
@@ -239,13 +256,16 @@ impl Engine {
         })
     }
 
-    /// Fires this customer's timers due at or before `t`, in deadline order. Returns true when the
-    /// customer has been idle past the TTL at `t` (its state must be dropped).
+    /// Fires this customer's timers due at clock `t`, in deadline order: SLAs at their deadline,
+    /// expiries once the clock is `hold` past theirs (the lateness: a touchpoint that may still
+    /// arrive must never find its case expired). Returns true when the customer has been idle past
+    /// the TTL (plus `hold`) at `t` (its state must be dropped).
     fn fire_due(
         &self,
         customer: &str,
         s: &mut CustomerState,
         t: Millis,
+        hold: Millis,
         now: Millis,
         out: &mut Vec<Effect>,
     ) -> bool {
@@ -259,7 +279,7 @@ impl Engine {
                     due = Some((sla, false, i));
                 }
                 let exp = c.last_touch.saturating_add(r.case_expiry_ms);
-                if exp <= t && due.is_none_or(|d| (exp, true) < (d.0, d.1)) {
+                if exp.saturating_add(hold) <= t && due.is_none_or(|d| (exp, true) < (d.0, d.1)) {
                     due = Some((exp, true, i));
                 }
             }
@@ -324,11 +344,11 @@ impl Engine {
             out.push(Effect::Alert { alert, seq: None });
         }
         s.last_event()
-            .is_some_and(|last| last.saturating_add(r.ttl_ms) <= t)
+            .is_some_and(|last| last.saturating_add(r.ttl_ms).saturating_add(hold) <= t)
     }
 
-    /// Earliest event time at which this customer has a timer to fire.
-    fn next_deadline(&self, s: &CustomerState) -> Millis {
+    /// Earliest clock reading at which this customer has a timer to fire (expiries `hold` late).
+    fn next_deadline(&self, s: &CustomerState, hold: Millis) -> Millis {
         let r = &self.rules;
         // Idle eviction needs no timer: `Stream` sweeps, and `apply` resets a stale state itself.
         let mut d = Millis::MAX;
@@ -336,7 +356,7 @@ impl Engine {
             if !c.escalated {
                 d = d.min(c.opened_at.saturating_add(r.sla_ms));
             }
-            d = d.min(c.last_touch.saturating_add(r.case_expiry_ms));
+            d = d.min(c.last_touch.saturating_add(r.case_expiry_ms).saturating_add(hold));
         }
         d
     }
@@ -394,7 +414,6 @@ impl Engine {
         now: Millis,
         out: &mut Vec<Effect>,
     ) -> Option<(Arc<str>, Millis)> {
-        touch(&ev);
         let r = &self.rules;
         let t = ev.occurred_at;
         let (tp_id, type_stake) = self
@@ -419,7 +438,9 @@ impl Engine {
         };
         let s: &mut CustomerState = &mut guard;
 
-        if self.fire_due(&ev.customer_id, s, t, now, out) {
+        // The customer's own touchpoint settles its timers due by its time (hold 0): in event
+        // order they come first. A late touchpoint's time is behind them: nothing more fires.
+        if self.fire_due(&ev.customer_id, s, t, 0, now, out) {
             let queued = s.queued_deadline;
             *s = CustomerState::new(r.config.engine.recent_touchpoints);
             s.queued_deadline = queued;
@@ -433,9 +454,13 @@ impl Engine {
             return None;
         }
 
+        let late = s.last_event().is_some_and(|last| t < last);
         let tier_mult = match event_tier {
             Some((tier, mult)) => {
-                s.tier = tier;
+                // A late touchpoint's tier is older news than the one already known.
+                if !late || s.tier == NO_TIER {
+                    s.tier = tier;
+                }
                 mult
             }
             None => self.tier_multiplier(s.tier),
@@ -443,25 +468,23 @@ impl Engine {
         let polarity = r.polarity(ev.outcome, ev.sentiment);
         let stake = r.stake(type_stake, ev.kind);
 
-        // Score: decay to now, then add this touchpoint's contribution.
-        s.score = r.decay(s.score, s.score_at(), t);
-        match polarity {
-            Polarity::Negative => s.score -= stake.weight * tier_mult,
-            Polarity::Positive => s.score += stake.weight * tier_mult,
-            Polarity::Neutral => {}
+        // Score: a sum of decayed contributions, so arrival order does not matter. In order: decay
+        // to this touchpoint, then add it. Late: add its contribution decayed to the score's time.
+        let contribution = match polarity {
+            Polarity::Negative => -stake.weight * tier_mult,
+            Polarity::Positive => stake.weight * tier_mult,
+            Polarity::Neutral => 0.0,
+        };
+        let score_at = s.score_at();
+        if t >= score_at {
+            s.score = r.decay(s.score, score_at, t) + contribution;
+        } else {
+            s.score += r.decay(contribution, t, score_at);
         }
 
-        // Episode on this journey.
+        // Episode on this journey: where this touchpoint falls in it, in event time.
         let journey_hash = fnv64(&[ev.journey.as_bytes()]);
-        let episode = self.episode(s, journey_hash as u32, t);
-        if ev.direction == Direction::Inbound {
-            if ev.kind == TouchpointKind::Interaction {
-                episode.contacts = episode.contacts.saturating_add(1);
-            }
-            episode.channels |= 1 << ev.channel.index();
-        }
-        episode.span = u32::try_from(t - episode.first).unwrap_or(u32::MAX);
-        let ep = *episode;
+        let (ep, place) = self.place_in_episode(s, journey_hash as u32, t, &ev);
 
         s.remember(
             Recent::new(
@@ -478,7 +501,35 @@ impl Engine {
         );
 
         let case_at = s.cases().iter().position(|c| c.journey_hash == journey_hash);
+        if let (Polarity::Negative, Some(i), Place::Counted) = (polarity, case_at, place) {
+            let facts = Facts {
+                tier: s.tier,
+                polarity,
+                stake,
+                tier_mult,
+                score: s.score,
+                episode: ep,
+            };
+            // Only a moment of truth opens a case on its own whatever came before it; the other
+            // rules read a score and an episode that a late positive would change.
+            if self
+                .evaluate(&ev, &facts)
+                .is_some_and(|(rule, ..)| rule == RuleId::CriticalNegative)
+            {
+                let case = &mut s.extra_mut().cases[i];
+                case.reopens_at = case.reopens_at.max(t);
+            }
+        }
         match (polarity, case_at) {
+            // Before the positive that started this journey's episode (it arrived late): in event
+            // order the positive came after it, so it neither opens nor escalates a case.
+            _ if place == Place::BeforeRecovery => {}
+            // A late positive between the case's opening and a later negative that opens a case
+            // on its own: in event time the customer recovered and then failed again, so the
+            // case stays open (for that later failure).
+            (Polarity::Positive, Some(i)) if s.cases()[i].opened_at <= t && s.cases()[i].reopens_at > t => {
+                self.reset_episode(s, journey_hash as u32, t);
+            }
             (Polarity::Positive, Some(i)) if s.cases()[i].opened_at <= t => {
                 let case = s.extra_mut().cases.remove(i);
                 self.reset_episode(s, journey_hash as u32, t);
@@ -512,8 +563,19 @@ impl Engine {
                     seq: Some(seq),
                 });
             }
-            (Polarity::Positive, _) => self.reset_episode(s, journey_hash as u32, t),
-            (Polarity::Negative, Some(i)) => {
+            (Polarity::Positive, Some(i)) => {
+                // A positive that happened before the case opened arrived after it: the rules that
+                // opened it may no longer hold in event time.
+                self.reset_episode(s, journey_hash as u32, t);
+                if let Some(alert) = self.withdraw_if_unfounded(&ev, s, i, now) {
+                    out.push(Effect::Alert {
+                        alert,
+                        seq: Some(seq),
+                    });
+                }
+            }
+            (Polarity::Positive, None) => self.reset_episode(s, journey_hash as u32, t),
+            (Polarity::Negative, Some(i)) if s.cases()[i].opened_at <= t => {
                 let case = &mut s.extra_mut().cases[i];
                 case.last_touch = case.last_touch.max(t);
                 case.last_event_id = ev.event_id.as_str().into();
@@ -581,6 +643,7 @@ impl Engine {
                         channel: stake.channel,
                         escalated: false,
                         weight: (stake.weight * tier_mult) as f32,
+                        reopens_at: Millis::MIN,
                     };
                     let alert = self.build_alert(
                         &ev.customer_id,
@@ -612,7 +675,7 @@ impl Engine {
         // A fresh copy of the id (it is hot in cache) rather than a second reference to the map's
         // key (which would be a cache miss per touchpoint).
         let customer: Arc<str> = Arc::from(ev.customer_id.as_str());
-        let deadline = self.next_deadline(s);
+        let deadline = self.next_deadline(s, self.rules.lateness_ms);
         let requeue = (deadline < s.queued_deadline).then(|| {
             s.queued_deadline = deadline;
             (customer.clone(), deadline)
@@ -738,7 +801,7 @@ impl Engine {
                 )
             });
         }
-        let channels = ep.channels.count_ones();
+        let channels = (ep.channels & CHANNEL_BITS).count_ones();
         if rc.channel_hopping.enabled
             && channels >= rc.channel_hopping.min_channels
             && age <= self.rules.hopping_window_ms
@@ -746,7 +809,7 @@ impl Engine {
             consider(RuleId::ChannelHopping, Severity::Medium, &|| {
                 let names: Vec<&str> = Channel::ALL
                     .iter()
-                    .filter(|c| ep.channels & (1 << c.index()) != 0)
+                    .filter(|c| ep.channels & CHANNEL_BITS & (1 << c.index()) != 0)
                     .map(|c| c.as_str())
                     .collect();
                 format!(
@@ -761,9 +824,18 @@ impl Engine {
         found
     }
 
-    /// The episode for `journey` at `t`, starting a fresh one when none is open or the open one is
-    /// older than the rules' window.
-    fn episode<'s>(&self, s: &'s mut CustomerState, journey: u32, t: Millis) -> &'s mut Episode {
+    /// Places a touchpoint at `t` in its journey's episode, in event time, and counts it there
+    /// when it belongs: a fresh episode starts when none is open or the open one is older than the
+    /// rules' window; a late touchpoint from before the episode's first touch extends it back (if
+    /// still within the window of its last); one from before the positive that started the
+    /// episode belongs to a finished episode and does not count.
+    fn place_in_episode(
+        &self,
+        s: &mut CustomerState,
+        journey: u32,
+        t: Millis,
+        ev: &Touchpoint,
+    ) -> (Episode, Place) {
         let window = self.rules.episode_window_ms;
         s.retain_episodes(|e| e.journey == journey || t - e.last() <= window);
         let fresh = Episode {
@@ -777,7 +849,16 @@ impl Engine {
         let at = match held {
             Some(i) => {
                 let e = s.episode_mut(i);
-                if t - e.first > window {
+                if t < e.first {
+                    if e.channels & AFTER_POSITIVE != 0 {
+                        return (*e, Place::BeforeRecovery);
+                    }
+                    if e.last() - t > window {
+                        return (*e, Place::Outside);
+                    }
+                    e.span = u32::try_from(e.last() - t).unwrap_or(u32::MAX);
+                    e.first = t;
+                } else if t - e.first > window {
                     *e = fresh;
                 }
                 i
@@ -795,157 +876,150 @@ impl Engine {
                 s.episode_count() - 1
             }
         };
-        s.episode_mut(at)
-    }
-
-    fn reset_episode(&self, s: &mut CustomerState, journey: u32, t: Millis) {
-        let held = s.episodes().position(|e| e.journey == journey);
-        if let Some(i) = held {
-            *s.episode_mut(i) = Episode {
-                journey,
-                first: t,
-                span: 0,
-                contacts: 0,
-                channels: 0,
-            };
-        }
-    }
-}
-
-/// Reads a byte of each heap part of a touchpoint, all at once. A touchpoint that waited in the
-/// reorder buffer is long out of cache: loaded together, its parts' cache misses overlap instead of
-/// each one waiting behind the locks taken in between (a locked instruction waits for every
-/// earlier load). Cheap when the touchpoint is in cache already.
-fn touch(ev: &Touchpoint) {
-    let first = |s: &str| s.as_bytes().first().copied().unwrap_or(0);
-    let mut x = first(&ev.customer_id) ^ first(&ev.event_id) ^ first(&ev.journey) ^ first(&ev.touchpoint);
-    x ^= ev.customer_tier.as_deref().map_or(0, first) ^ ev.agent_id.as_deref().map_or(0, first);
-    if let Some((k, v)) = ev.attributes.iter().next() {
-        x ^= first(k) ^ first(v);
-    }
-    std::hint::black_box(x);
-}
-
-/// A touchpoint waiting for the watermark, ordered by (event time, event id, arrival).
-struct Pending {
-    ev: Touchpoint,
-    seq: u64,
-}
-
-impl Pending {
-    fn key(&self) -> (Millis, &str, u64) {
-        (self.ev.occurred_at, &self.ev.event_id, self.seq)
-    }
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
-/// How far from the back of [`Reorder::sorted`] an arrival may land and still be inserted there.
-const REORDER_NEAR: usize = 16;
-
-/// The touchpoints waiting for the watermark, released in (event time, event id, arrival) order.
-///
-/// Input is mostly in event-time order, so most arrivals belong at (or a few places before) the
-/// back of a sorted deque: O(1), no heap sifts of large elements. An arrival that belongs deeper
-/// goes to a heap instead; releasing merges the two, which gives the same order as one heap.
-#[derive(Default)]
-struct Reorder {
-    sorted: VecDeque<Pending>,
-    stragglers: BinaryHeap<Reverse<Pending>>,
-}
-
-impl Reorder {
-    fn len(&self) -> usize {
-        self.sorted.len() + self.stragglers.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.sorted.is_empty() && self.stragglers.is_empty()
-    }
-
-    fn push(&mut self, p: Pending) {
-        let n = self.sorted.len();
-        let mut at = n;
-        while at > 0 && self.sorted[at - 1] > p {
-            if n - at >= REORDER_NEAR {
-                self.stragglers.push(Reverse(p));
-                return;
+        let e = s.episode_mut(at);
+        if ev.direction == Direction::Inbound {
+            if ev.kind == TouchpointKind::Interaction {
+                e.contacts = e.contacts.saturating_add(1);
             }
-            at -= 1;
+            e.channels |= 1 << ev.channel.index();
         }
-        self.sorted.insert(at, p);
+        if t > e.last() {
+            e.span = u32::try_from(t - e.first).unwrap_or(u32::MAX);
+        }
+        (*e, Place::Counted)
     }
 
-    /// Whether the straggler heap holds the first touchpoint (rather than the deque).
-    fn first_is_straggler(&self) -> bool {
-        match (self.sorted.front(), self.stragglers.peek()) {
-            (Some(a), Some(Reverse(b))) => b < a,
-            (None, b) => b.is_some(),
-            (Some(_), None) => false,
+    /// A positive at `t` on `journey`: the episode restarts at it. A positive that arrived late,
+    /// inside the episode, keeps what came after it: recounted from the remembered touchpoints
+    /// when the customer has this one journey in play (the ring holds no journey), else from zero.
+    fn reset_episode(&self, s: &mut CustomerState, journey: u32, t: Millis) {
+        let Some(i) = s.episodes().position(|e| e.journey == journey) else {
+            return;
+        };
+        let e = *s.episode_mut(i);
+        if e.channels & AFTER_POSITIVE != 0 && t < e.first {
+            return; // an older positive: the episode already starts after a newer one
         }
+        let (mut contacts, mut channels) = (0u16, 0u16);
+        let mut last = t;
+        if t < e.last() && s.episode_count() == 1 {
+            for r in s.recent().filter(|r| r.occurred_at() > t) {
+                last = last.max(r.occurred_at());
+                if r.direction() == Direction::Inbound {
+                    if r.kind() == TouchpointKind::Interaction {
+                        contacts = contacts.saturating_add(1);
+                    }
+                    channels |= 1 << r.channel().index();
+                }
+            }
+        }
+        *s.episode_mut(i) = Episode {
+            journey,
+            first: t,
+            span: u32::try_from(last - t).unwrap_or(u32::MAX),
+            contacts,
+            channels: channels | AFTER_POSITIVE,
+        };
     }
 
-    fn first(&self) -> Option<&Pending> {
-        if self.first_is_straggler() {
-            self.stragglers.peek().map(|r| &r.0)
-        } else {
-            self.sorted.front()
+    /// After a late positive that happened before case `i` opened: the correction, when the rule
+    /// that opened the case no longer holds in event time. A moment of truth that went wrong
+    /// stands (the positive came before it), and so does a score decline (the score is one
+    /// number, not a history to re-run).
+    fn withdraw_if_unfounded(
+        &self,
+        ev: &Touchpoint,
+        s: &mut CustomerState,
+        i: usize,
+        now: Millis,
+    ) -> Option<Box<RecoveryAlert>> {
+        let rc = &self.rules.config.rules;
+        let case = &s.cases()[i];
+        let ep = s
+            .episodes()
+            .find(|e| e.journey == case.journey_hash as u32)
+            .copied()?;
+        let founded = match case.rule {
+            RuleId::HighEffort => u32::from(ep.contacts) >= rc.high_effort.min_contacts,
+            RuleId::ChannelHopping => {
+                (ep.channels & CHANNEL_BITS).count_ones() >= rc.channel_hopping.min_channels
+            }
+            _ => true,
+        };
+        if founded {
+            return None;
         }
-    }
-
-    fn pop(&mut self) -> Option<Pending> {
-        if self.first_is_straggler() {
-            self.stragglers.pop().map(|r| r.0)
-        } else {
-            self.sorted.pop_front()
-        }
-    }
-
-    fn lowest_seq(&self) -> Option<u64> {
-        self.sorted
-            .iter()
-            .chain(self.stragglers.iter().map(|r| &r.0))
-            .map(|p| p.seq)
-            .min()
-    }
-
-    /// Gives back what a burst of out-of-order traffic took, once empty.
-    fn shrink_if_empty(&mut self) {
-        if self.sorted.is_empty() && self.sorted.capacity() > 65_536 {
-            self.sorted.shrink_to(1024);
-        }
-        if self.stragglers.is_empty() && self.stragglers.capacity() > 65_536 {
-            self.stragglers.shrink_to(1024);
-        }
+        let case = s.extra_mut().cases.remove(i);
+        let reason = format!(
+            "Withdrawn: {} ended {} on {} before this case opened but arrived after it, so {} no longer holds; stand down.",
+            ev.touchpoint,
+            ev.outcome,
+            ev.channel,
+            case.rule.as_str()
+        );
+        let alert = self.build_alert(
+            &ev.customer_id,
+            s,
+            &case,
+            AlertSpec {
+                status: AlertStatus::Withdrawn,
+                rule: case.rule,
+                severity: case.severity,
+                event_time: ev.occurred_at,
+                trigger_event_id: &ev.event_id,
+                reason,
+                time_to_recover_ms: None,
+                attributes: BTreeMap::new(),
+            },
+            now,
+        );
+        s.shrink_extra();
+        Some(alert)
     }
 }
 
-/// One ordered input: its watermark, the touchpoints waiting for it, and its timer queue.
+/// Where a touchpoint fell in its journey's episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Counted,
+    /// Before the positive that started the episode (it arrived late).
+    BeforeRecovery,
+    /// More than the window before the episode's last touch: a finished episode.
+    Outside,
+}
+
+/// `Episode::channels` bit: the episode started at a positive touchpoint (at `first`). Persisted
+/// with the channel bits (the changelog writes the whole `u16`).
+const AFTER_POSITIVE: u16 = 1 << 15;
+/// `Episode::channels` bits that are channels.
+const CHANNEL_BITS: u16 = !AFTER_POSITIVE;
+
+/// An `arrival` for [`Stream::push`] that skips the clock-skew check: for callers whose input
+/// carries no write time of its own (tests, benchmarks, generated data).
+pub const ARRIVAL_UNCHECKED: Millis = Millis::MAX;
+
+/// One ordered input: its event-time clock and its timer queue.
 ///
-/// Touchpoints are applied in event-time order once the watermark (highest event time seen minus
-/// the allowed lateness) passes them, so any arrival order within the lateness gives the same
-/// result. A touchpoint behind the watermark is reported as [`Effect::Late`], never applied.
+/// Each touchpoint is applied when it arrives. The clock is the newest event time seen; the
+/// watermark trails it by the allowed lateness. A touchpoint behind the watermark is reported as
+/// [`Effect::Late`], one too far ahead of its arrival as [`Effect::Future`]; neither is applied.
+///
+/// Timers read a second clock: the same, or the wall clock once the input has been idle for
+/// `engine.idle_timeout` ([`Stream::tick`]). SLA timers fire at it; expiries and evictions once it
+/// is the lateness past them, so a touchpoint still allowed to arrive never finds its case
+/// expired. Only timers follow the wall clock: a backlog read after a pause is judged late by
+/// its own event time, never by how long the partition was quiet.
 pub struct Stream {
     engine: Arc<Engine>,
-    max_seen: Millis,
+    clock: Millis,
+    /// What timers fire at: `clock`, or later on an idle input.
+    timer_clock: Millis,
+    /// Processing time of the last touchpoint pushed (for idleness).
+    last_input: Millis,
     /// Watermark at the last idle sweep.
     swept_at: Millis,
-    buffer: Reorder,
+    /// End of input (replay): nothing can arrive late any more, expiries need not wait.
+    ended: bool,
     timers: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
 }
 
@@ -953,9 +1027,11 @@ impl Stream {
     pub fn new(engine: Arc<Engine>) -> Self {
         Self {
             engine,
-            max_seen: Millis::MIN,
+            clock: Millis::MIN,
+            timer_clock: Millis::MIN,
+            last_input: Millis::MIN,
             swept_at: Millis::MIN,
-            buffer: Reorder::default(),
+            ended: false,
             timers: BinaryHeap::new(),
         }
     }
@@ -976,23 +1052,39 @@ impl Stream {
         }
     }
 
-    /// Highest event time seen minus the allowed lateness.
+    /// The event-time clock: the newest event time seen, or the wall clock when idle.
+    pub fn clock(&self) -> Millis {
+        self.clock
+    }
+
+    /// The clock minus the allowed lateness: touchpoints older than this are late.
     pub fn watermark(&self) -> Millis {
-        self.max_seen.saturating_sub(self.engine.rules.lateness_ms)
+        self.clock.saturating_sub(self.hold())
     }
 
-    /// Touchpoints waiting for the watermark.
-    pub fn buffered(&self) -> usize {
-        self.buffer.len()
+    /// How far behind the clock expiries wait.
+    fn hold(&self) -> Millis {
+        if self.ended {
+            0
+        } else {
+            self.engine.rules.lateness_ms
+        }
     }
 
-    /// The lowest `seq` still waiting for the watermark: everything below it is finished.
-    pub fn lowest_buffered_seq(&self) -> Option<u64> {
-        self.buffer.lowest_seq()
-    }
-
-    /// Takes one touchpoint (`seq` identifies its record, e.g. its offset) at processing time `now`.
-    pub fn push(&mut self, ev: Touchpoint, seq: u64, now: Millis, out: &mut Vec<Effect>) {
+    /// Takes one touchpoint (`seq` identifies its record, e.g. its offset) that arrived at
+    /// `arrival` (its record's timestamp live, the processing clock in replay) at processing
+    /// time `now`, and applies it at once.
+    pub fn push(&mut self, ev: Touchpoint, seq: u64, arrival: Millis, now: Millis, out: &mut Vec<Effect>) {
+        self.last_input = now;
+        let ahead_ms = ev.occurred_at.saturating_sub(arrival);
+        if ahead_ms > self.engine.rules.skew_ms {
+            out.push(Effect::Future {
+                seq,
+                event: Box::new(ev),
+                ahead_ms,
+            });
+            return;
+        }
         let watermark = self.watermark();
         if ev.occurred_at < watermark {
             if self.engine.already_seen(&ev) {
@@ -1007,51 +1099,65 @@ impl Stream {
             }
             return;
         }
-        self.max_seen = self.max_seen.max(ev.occurred_at);
-        let watermark = self.watermark();
-        if self.buffer.is_empty() && ev.occurred_at <= watermark {
-            // Nothing waits ahead of it: skip the buffer (the common case with no lateness).
-            if let Some(timer) = self.engine.apply(ev, seq, now, out) {
-                self.timers.push(Reverse((timer.1, timer.0)));
-            }
-            self.fire_timers(watermark, now, out);
+        self.clock = self.clock.max(ev.occurred_at);
+        self.timer_clock = self.timer_clock.max(self.clock);
+        if let Some(timer) = self.engine.apply(ev, seq, now, out) {
+            self.timers.push(Reverse((timer.1, timer.0)));
+        }
+        self.fire_timers(now, out);
+    }
+
+    /// Processing time passes with no input (a tick, live): once the input has been idle for
+    /// `engine.idle_timeout`, timers follow the wall clock `now`, so SLA escalations and expiries
+    /// fire on quiet partitions. Never beyond `now`: only deadlines already past in real time
+    /// fire, and the same log replayed reaches them by its own event time or at its end
+    /// (`replay --until`).
+    pub fn tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        if self.last_input == Millis::MIN
+            || now.saturating_sub(self.last_input) < self.engine.rules.idle_timeout_ms
+            || now <= self.timer_clock
+        {
             return;
         }
-        self.buffer.push(Pending { ev, seq });
-        self.release(watermark, now, out);
-        self.buffer.shrink_if_empty();
+        self.timer_clock = now;
+        self.fire_timers(now, out);
     }
 
-    /// End of input (replay): applies everything still buffered and fires timers due by the
-    /// highest event time seen.
-    pub fn flush(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        self.release(Millis::MAX, now, out);
+    /// What timers fire at: the clock, or the wall clock on an idle input.
+    pub fn timer_clock(&self) -> Millis {
+        self.timer_clock
     }
 
-    fn release(&mut self, upto: Millis, now: Millis, out: &mut Vec<Effect>) {
-        while self.buffer.first().is_some_and(|p| p.ev.occurred_at <= upto) {
-            let Some(p) = self.buffer.pop() else {
-                break;
-            };
-            if let Some(next) = self.buffer.first() {
-                touch(&next.ev);
-            }
-            if let Some(timer) = self.engine.apply(p.ev, p.seq, now, out) {
-                self.timers.push(Reverse((timer.1, timer.0)));
+    /// End of input (replay): moves the clock to `until` (when later than the newest event time)
+    /// and fires every timer due by then; expiries no longer wait for the lateness.
+    pub fn flush(&mut self, until: Option<Millis>, now: Millis, out: &mut Vec<Effect>) {
+        self.ended = true;
+        self.timer_clock = self.timer_clock.max(until.unwrap_or(self.clock));
+        // Deadlines were queued for expiries that wait the lateness: queue them again without it.
+        self.timers.clear();
+        let engine = &*self.engine;
+        for mut entry in engine.customers.iter_mut() {
+            let d = engine.next_deadline(&entry, 0);
+            entry.queued_deadline = d;
+            if d != Millis::MAX {
+                self.timers.push(Reverse((d, entry.key().to_arc())));
             }
         }
-        self.fire_timers(upto.min(self.max_seen), now, out);
+        self.fire_timers(now, out);
     }
 
-    fn fire_timers(&mut self, upto: Millis, now: Millis, out: &mut Vec<Effect>) {
-        if upto.saturating_sub(self.swept_at) >= SWEEP_EVERY_MS {
+    fn fire_timers(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        let upto = self.timer_clock;
+        let hold = self.hold();
+        let watermark = upto.saturating_sub(hold);
+        if watermark.saturating_sub(self.swept_at) >= SWEEP_EVERY_MS {
             if self.swept_at != Millis::MIN {
-                let keys = self.engine.sweep(upto);
+                let keys = self.engine.sweep(watermark);
                 if !keys.is_empty() {
                     out.push(Effect::Evicted { keys });
                 }
             }
-            self.swept_at = upto;
+            self.swept_at = watermark;
         }
         let engine = &*self.engine;
         while self.timers.peek().is_some_and(|t| t.0.0 <= upto) {
@@ -1066,9 +1172,9 @@ impl Stream {
                 if s.queued_deadline == deadline {
                     s.queued_deadline = Millis::MAX;
                 }
-                let evict = engine.fire_due(&key, s, upto, now, out);
+                let evict = engine.fire_due(&key, s, upto, hold, now, out);
                 if !evict {
-                    let next = engine.next_deadline(s);
+                    let next = engine.next_deadline(s, hold);
                     if next < s.queued_deadline {
                         s.queued_deadline = next;
                         self.timers.push(Reverse((next, key.clone())));

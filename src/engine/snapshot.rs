@@ -205,7 +205,7 @@ impl Engine {
     /// Earliest timer deadline of a customer, to re-register after a restore.
     pub(crate) fn restored_deadline(&self, customer: &str) -> Option<(Arc<str>, i64)> {
         let mut guard = self.customers.get_mut(customer.as_bytes())?;
-        let d = self.next_deadline(&guard);
+        let d = self.next_deadline(&guard, self.rules.lateness_ms);
         if d == i64::MAX {
             return None;
         }
@@ -308,6 +308,7 @@ impl<'a> Decoded<'a> {
                 channel: Channel::from_index(channel as usize).ok_or(SnapshotError::Malformed("channel"))?,
                 escalated: escalated != 0,
                 weight: f32::from_le_bytes(rd.arr()?),
+                reopens_at: i64::MIN,
             });
         }
         if !rd.0.is_empty() {
@@ -329,7 +330,7 @@ impl<'a> Decoded<'a> {
 mod tests {
     use super::{SnapshotError, VERSION, VERSION_1, input_offset};
     use crate::config::Config;
-    use crate::engine::{Engine, Stream};
+    use crate::engine::{ARRIVAL_UNCHECKED, Engine, Stream};
     use crate::model::*;
     use std::sync::Arc;
 
@@ -366,22 +367,25 @@ mod tests {
                 Outcome::Pending,
             ),
             0,
+            ARRIVAL_UNCHECKED,
             0,
             &mut out,
         );
         stream.push(
             tp(long, "c", 1, "payment.transfer", Outcome::Failure),
             1,
+            ARRIVAL_UNCHECKED,
             0,
             &mut out,
         );
         stream.push(
             tp("short", "c", 30, "ivr.menu", Outcome::Abandoned),
             2,
+            ARRIVAL_UNCHECKED,
             0,
             &mut out,
         );
-        stream.flush(0, &mut out);
+        stream.flush(None, 0, &mut out);
         let before = engine.customer("c").unwrap();
         assert_eq!(before.open_cases.len(), 1);
 
@@ -418,10 +422,11 @@ mod tests {
         stream.push(
             tp("e1", "c", 0, "payment.transfer", Outcome::Failure),
             0,
+            ARRIVAL_UNCHECKED,
             0,
             &mut out,
         );
-        stream.flush(0, &mut out);
+        stream.flush(None, 0, &mut out);
         let mut v2 = Vec::new();
         assert!(engine.snapshot("c", 41, &mut v2));
         assert_eq!(input_offset(&v2), Some(41));
@@ -475,8 +480,8 @@ mod tests {
         for (minute, (id, journey, touchpoint, outcome)) in steps.into_iter().enumerate() {
             let mut t = tp(id, "c", minute as i64, touchpoint, outcome);
             t.journey = journey.into();
-            stream.push(t, minute as u64, 0, &mut out);
-            stream.flush(0, &mut out);
+            stream.push(t, minute as u64, ARRIVAL_UNCHECKED, 0, &mut out);
+            stream.flush(None, 0, &mut out);
             let mut bytes = Vec::new();
             assert!(engine.snapshot("c", 7, &mut bytes));
             snapshots.push(bytes);

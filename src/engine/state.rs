@@ -445,6 +445,10 @@ pub struct Case {
     pub escalated: bool,
     /// Stakes x tier multiplier of the opening touchpoint, for priority.
     pub weight: f32,
+    /// Event time of the newest negative touchpoint on this case that would have opened a case of
+    /// its own: a positive from before it that arrives late does not close the case, because in
+    /// event time that negative came after the recovery. Not in the changelog (`MIN` restored).
+    pub reopens_at: Millis,
 }
 
 impl Case {
@@ -535,7 +539,8 @@ impl CustomerState {
         (0..self.ring_len as usize).map(move |i| &self.ring[(head + i) % cap])
     }
 
-    /// The event time the score is as of: the newest touchpoint's (touchpoints apply in order).
+    /// The event time the score is as of: the newest touchpoint's (a late one adds its decayed
+    /// contribution without moving it).
     pub fn score_at(&self) -> Millis {
         self.last_event().unwrap_or(Millis::MIN)
     }
@@ -601,7 +606,7 @@ impl CustomerState {
             self.ring[head] = entry;
             self.id_hints[head] = id.hint();
             self.ring_head = ((head + 1) % cap) as u8;
-            self.last_time = entry.time;
+            self.advance_last_time(entry.time);
         }
         if id.is_long() {
             self.extra_mut().long_ids.push((id.long_hash(), id_text.into()));
@@ -663,7 +668,16 @@ impl CustomerState {
         self.ring[at] = entry;
         self.id_hints[at] = entry.compact_id().hint();
         self.ring_len += 1;
-        self.last_time = entry.time;
+        self.advance_last_time(entry.time);
+    }
+
+    /// The newest event time stays the newest: a late touchpoint lands in the ring after newer
+    /// ones but does not move the time the score and the idle TTL are measured from.
+    fn advance_last_time(&mut self, time: [u8; 6]) {
+        let as_int = |t: [u8; 6]| i64::from_le_bytes([t[0], t[1], t[2], t[3], t[4], t[5], 0, 0]);
+        if self.ring_len <= 1 || as_int(time) > as_int(self.last_time) {
+            self.last_time = time;
+        }
     }
 
     /// The ring's block is full but the ring is not: the next size of [`Self::ring_step`].

@@ -66,9 +66,9 @@ fn run_all(config: Config, events: Vec<Ev>) -> (Vec<Effect>, Arc<Engine>) {
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     for (i, e) in events.into_iter().enumerate() {
-        stream.push(e.0, i as u64, 0, &mut out);
+        stream.push(e.0, i as u64, ARRIVAL_UNCHECKED, 0, &mut out);
     }
-    stream.flush(0, &mut out);
+    stream.flush(None, 0, &mut out);
     (out, engine)
 }
 
@@ -364,27 +364,239 @@ fn late_event_is_reported_not_applied() {
     assert_eq!(recent, ["ok", "a"], "applied in event-time order");
 }
 
+fn statuses(effects: &[Effect]) -> Vec<(AlertStatus, String)> {
+    alerts(effects)
+        .iter()
+        .map(|a| (a.status, a.rule.clone()))
+        .collect()
+}
+
 #[test]
-fn watermark_holds_events_until_lateness_passes() {
-    let engine = Arc::new(Engine::new(config_with(10 * MIN)));
+fn a_touchpoint_is_acted_on_when_it_arrives_whatever_the_lateness() {
+    // The shipped lateness (1 h): the critical failure pages in the same push, no later touchpoint needed.
+    let engine = Arc::new(Engine::new(Config::default()));
+    let mut stream = Stream::new(engine.clone());
+    let mut out = Vec::new();
+    let ev = Ev::new("a", "c", 0, "payment.transfer", Outcome::Failure).0;
+    stream.push(ev, 0, T0, T0, &mut out);
+    assert_eq!(
+        statuses(&out),
+        [(AlertStatus::Open, "critical_negative".to_string())]
+    );
+    assert!(matches!(out.last(), Some(Effect::Applied { seq: 0, .. })));
+}
+
+#[test]
+fn late_within_lateness_is_applied_and_older_is_dead_lettered() {
+    let engine = Arc::new(Engine::new(Config::default()));
+    let mut stream = Stream::new(engine.clone());
+    let mut out = Vec::new();
+    let at = |m: Millis| T0 + m;
+    stream.push(
+        Ev::new("a", "c", 2 * HOUR, "faq.view", Outcome::Pending).0,
+        0,
+        at(2 * HOUR),
+        at(2 * HOUR),
+        &mut out,
+    );
+    // 59 minutes behind the clock: within the hour, applied where it belongs.
+    out.clear();
+    stream.push(
+        Ev::new("b", "d", HOUR + MIN, "payment.transfer", Outcome::Failure).0,
+        1,
+        at(2 * HOUR),
+        at(2 * HOUR),
+        &mut out,
+    );
+    assert_eq!(
+        statuses(&out),
+        [(AlertStatus::Open, "critical_negative".to_string())]
+    );
+    assert_eq!(alerts(&out)[0].event_time, at(HOUR + MIN));
+    // Two minutes further behind than the hour: late, not applied.
+    out.clear();
+    stream.push(
+        Ev::new("c", "e", HOUR - 2 * MIN, "payment.transfer", Outcome::Failure).0,
+        2,
+        at(2 * HOUR),
+        at(2 * HOUR),
+        &mut out,
+    );
+    assert!(matches!(out.as_slice(), [Effect::Late { seq: 2, behind_ms, .. }] if *behind_ms == 2 * MIN));
+    assert!(engine.customer("e").is_none());
+}
+
+#[test]
+fn a_wrong_clock_is_one_dead_letter_and_moves_nothing() {
+    let engine = Arc::new(Engine::new(Config::default()));
+    let mut stream = Stream::new(engine.clone());
+    let mut out = Vec::new();
+    // Written at T0, stamped 6 minutes later (max_clock_skew is 5 minutes).
+    let ev = Ev::new("f", "c", 6 * MIN, "payment.transfer", Outcome::Failure).0;
+    stream.push(ev, 0, T0, T0, &mut out);
+    assert!(matches!(out.as_slice(), [Effect::Future { seq: 0, ahead_ms, .. }] if *ahead_ms == 6 * MIN));
+    assert_eq!(stream.clock(), Millis::MIN, "the clock did not move");
+    // A touchpoint from an hour earlier still counts: the wrong clock poisoned nothing.
+    out.clear();
+    stream.push(
+        Ev::new("g", "c", -HOUR + MIN, "faq.view", Outcome::Pending).0,
+        1,
+        T0,
+        T0,
+        &mut out,
+    );
+    stream.push(
+        Ev::new("h", "c", 0, "faq.view", Outcome::Pending).0,
+        2,
+        T0,
+        T0,
+        &mut out,
+    );
+    assert!(out.iter().all(|e| matches!(e, Effect::Applied { .. })), "{out:?}");
+}
+
+#[test]
+fn a_late_success_before_the_fourth_call_withdraws_the_high_effort_case() {
+    let engine = Arc::new(Engine::new(Config::default()));
+    let mut stream = Stream::new(engine.clone());
+    let mut out = Vec::new();
+    for (i, m) in [0, 10, 20, 40].into_iter().enumerate() {
+        let ev = Ev::new(
+            &format!("call{i}"),
+            "c",
+            m * MIN,
+            "support.call",
+            Outcome::Pending,
+        )
+        .0;
+        stream.push(ev, i as u64, ARRIVAL_UNCHECKED, T0, &mut out);
+    }
+    assert_eq!(statuses(&out), [(AlertStatus::Open, "high_effort".to_string())]);
+    let case_id = alerts(&out)[0].case_id.clone();
+    out.clear();
+    // The success happened at minute 30, before the fourth call, and arrives after it.
+    let ok = Ev::new("ok", "c", 30 * MIN, "support.call", Outcome::Success).0;
+    stream.push(ok, 4, ARRIVAL_UNCHECKED, T0, &mut out);
+    assert_eq!(
+        statuses(&out),
+        [(AlertStatus::Withdrawn, "high_effort".to_string())]
+    );
+    assert_eq!(
+        alerts(&out)[0].case_id,
+        case_id,
+        "the correction is on the same case"
+    );
+    assert_eq!(alerts(&out)[0].alert_id, format!("{case_id}-withdrawn"));
+    assert!(engine.customer("c").unwrap().open_cases.is_empty());
+    // Event-time order gives no case at all.
+    let sorted = [0, 10, 20, 30, 40].map(|m| {
+        let outcome = if m == 30 {
+            Outcome::Success
+        } else {
+            Outcome::Pending
+        };
+        Ev::new(&format!("s{m}"), "c", m * MIN, "support.call", outcome)
+    });
+    let (fx, engine) = run_all(Config::default(), sorted.into_iter().collect());
+    assert!(alerts(&fx).is_empty());
+    assert!(engine.customer("c").unwrap().open_cases.is_empty());
+}
+
+#[test]
+fn a_late_negative_before_a_recovery_pages_no_one() {
+    let engine = Arc::new(Engine::new(Config::default()));
+    let mut stream = Stream::new(engine.clone());
+    let mut out = Vec::new();
+    stream.push(
+        Ev::new("ok", "c", 20 * MIN, "payment.transfer", Outcome::Success).0,
+        0,
+        ARRIVAL_UNCHECKED,
+        T0,
+        &mut out,
+    );
+    // The failure happened at minute 10; the customer succeeded at minute 20.
+    stream.push(
+        Ev::new("bad", "c", 10 * MIN, "payment.transfer", Outcome::Failure).0,
+        1,
+        ARRIVAL_UNCHECKED,
+        T0,
+        &mut out,
+    );
+    assert!(alerts(&out).is_empty(), "{:?}", statuses(&out));
+    assert!(engine.customer("c").unwrap().open_cases.is_empty());
+}
+
+#[test]
+fn an_idle_stream_follows_the_wall_clock_so_the_sla_fires_on_time() {
+    let engine = Arc::new(Engine::new(Config::default()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     stream.push(
         Ev::new("a", "c", 0, "payment.transfer", Outcome::Failure).0,
         0,
-        0,
+        T0,
+        T0,
         &mut out,
     );
+    out.clear();
+    // Not idle long enough yet (idle_timeout 1 s): the clock stays.
+    stream.tick(T0 + 500, &mut out);
+    assert_eq!(stream.timer_clock(), T0);
+    // Idle: the clock follows the wall clock; nothing is due before the 4 h SLA.
+    stream.tick(T0 + 4 * HOUR - 1, &mut out);
     assert!(out.is_empty());
-    assert_eq!(stream.lowest_buffered_seq(), Some(0));
+    stream.tick(T0 + 4 * HOUR, &mut out);
+    assert_eq!(
+        statuses(&out),
+        [(AlertStatus::Escalated, "sla_breach".to_string())]
+    );
+    assert_eq!(alerts(&out)[0].event_time, T0 + 4 * HOUR);
+    // The idle wall clock moved timers only: a backlog from before the pause is not late.
+    out.clear();
     stream.push(
         Ev::new("b", "d", 10 * MIN, "faq.view", Outcome::Pending).0,
         1,
-        0,
+        T0 + 10 * MIN,
+        T0 + 4 * HOUR,
         &mut out,
     );
-    assert_eq!(alerts(&out).len(), 1);
-    assert_eq!(stream.lowest_buffered_seq(), Some(1));
+    assert!(
+        matches!(out.as_slice(), [Effect::Applied { seq: 1, .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn expiries_wait_for_the_lateness_so_a_late_touch_keeps_its_case() {
+    let engine = Arc::new(Engine::new(Config::default()));
+    let mut stream = Stream::new(engine.clone());
+    let mut out = Vec::new();
+    stream.push(
+        Ev::new("a", "c", 0, "payment.transfer", Outcome::Failure).0,
+        0,
+        ARRIVAL_UNCHECKED,
+        T0,
+        &mut out,
+    );
+    // Another customer moves the clock to 30 days + 30 minutes: the case's expiry (30 d) has
+    // passed, but a touchpoint of the last hour may still arrive.
+    stream.push(
+        Ev::new("x", "d", 30 * DAY + 30 * MIN, "faq.view", Outcome::Pending).0,
+        1,
+        ARRIVAL_UNCHECKED,
+        T0,
+        &mut out,
+    );
+    assert!(!statuses(&out).contains(&(AlertStatus::Expired, "case_expired".to_string())));
+    // It does: 29 days 23:50 after the case opened, within the lateness.
+    stream.push(
+        Ev::new("b", "c", 30 * DAY - 10 * MIN, "faq.view", Outcome::Pending).0,
+        2,
+        ARRIVAL_UNCHECKED,
+        T0,
+        &mut out,
+    );
+    assert_eq!(engine.customer("c").unwrap().open_cases.len(), 1);
 }
 
 #[test]
@@ -469,50 +681,6 @@ fn shed_drops_the_least_recently_active_customers_without_cases() {
     assert_eq!(engine.customer_count(), 8);
     assert!(engine.customer("c-case").is_some());
     assert!(engine.customer("c3").is_some());
-}
-
-#[test]
-fn reorder_buffer_releases_in_the_order_one_heap_would() {
-    // In-order runs, ties on event time, near and deep stragglers, arrivals during release.
-    let mut reorder = Reorder::default();
-    let mut heap = BinaryHeap::new();
-    let mut released = (Vec::new(), Vec::new());
-    let mut state = 7u64;
-    for seq in 0..2_000u64 {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let r = state >> 33;
-        let at = match r % 10 {
-            0 => seq as Millis - (r % 500) as Millis, // a deep straggler
-            1 => seq as Millis - (r % 8) as Millis,   // a near one
-            _ => seq as Millis,                       // in order (ties with the previous one)
-        };
-        let ev = Ev::new(&format!("e{}", r % 97), "c", at, "faq.view", Outcome::Pending).0;
-        heap.push(Reverse(Pending { ev: ev.clone(), seq }));
-        reorder.push(Pending { ev, seq });
-        assert_eq!(reorder.len(), heap.len());
-        if seq % 300 == 299 {
-            let upto = T0 + seq as Millis - 200;
-            while heap.peek().is_some_and(|p| p.0.ev.occurred_at <= upto) {
-                released.0.push(heap.pop().unwrap().0.seq);
-            }
-            while reorder.first().is_some_and(|p| p.ev.occurred_at <= upto) {
-                released.1.push(reorder.pop().unwrap().seq);
-            }
-            assert_eq!(reorder.lowest_seq(), heap.iter().map(|p| p.0.seq).min());
-        }
-    }
-    assert!(!reorder.stragglers.is_empty(), "the test reaches the heap");
-    while let Some(p) = heap.pop() {
-        released.0.push(p.0.seq);
-    }
-    while let Some(p) = reorder.pop() {
-        released.1.push(p.seq);
-    }
-    assert!(reorder.is_empty());
-    assert_eq!(released.0.len(), 2_000);
-    assert_eq!(released.0, released.1);
 }
 
 #[test]

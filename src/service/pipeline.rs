@@ -379,6 +379,10 @@ pub(super) async fn run(
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ticking = p.eos || p.config.state.changelog;
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
+    // Idle partitions follow the wall clock (engine.idle_timeout): checked four times per timeout,
+    // so a deadline on a quiet partition fires within about 1.25 timeouts of passing.
+    let mut idle = tokio::time::interval((p.config.engine.idle_timeout / 4).max(Duration::from_millis(10)));
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     // One stream for the whole loop: each `recv()` would register and unregister a waker slot
     // under the consumer's mutex.
@@ -399,6 +403,7 @@ pub(super) async fn run(
                 p.clock = WallClock::new();
                 p.shared.refresh_state_gauges();
             }
+            _ = idle.tick() => p.tick_idle().await,
             _ = commits.tick(), if ticking => {
                 if p.eos {
                     p.commit_transaction().await;
@@ -599,12 +604,15 @@ impl Pipeline {
                 }
                 let mut effects = std::mem::take(&mut self.effects);
                 let now = self.clock.at(started);
-                part.stream.push(tp, offset as u64, now, &mut effects);
+                // A wrong clock is judged against when the record was written, not when we read it
+                // (a backlog is not a wrong clock).
+                let arrival = msg.timestamp().to_millis().unwrap_or(now);
+                part.stream.push(tp, offset as u64, arrival, now, &mut effects);
                 // The hold taken above stays until the record is applied (`Effect::Applied`)
                 // and, with the changelog on, its state change is acknowledged there.
                 let batch = self.config.state.changelog.then(|| part.open_batch(started));
                 for effect in effects.drain(..) {
-                    self.apply_effect(msg, effect, batch).await;
+                    self.apply_effect(partition, Some(msg), effect, batch).await;
                 }
                 self.effects = effects;
                 self.enforce_cap(partition, batch);
@@ -635,6 +643,26 @@ impl Pipeline {
             .metrics
             .processing_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Lets every partition's event-time clock follow the wall clock once its input is idle, and
+    /// publishes the timer alerts (SLA escalations, expiries) that fall due.
+    async fn tick_idle(&mut self) {
+        let started = Instant::now();
+        let now = self.clock.at(started);
+        let partitions: Vec<i32> = self.parts.keys().copied().collect();
+        for partition in partitions {
+            let mut effects = std::mem::take(&mut self.effects);
+            let batch = {
+                let part = self.parts.get_mut(&partition).expect("listed above");
+                part.stream.tick(now, &mut effects);
+                (!effects.is_empty() && self.config.state.changelog).then(|| part.open_batch(started))
+            };
+            for effect in effects.drain(..) {
+                self.apply_effect(partition, None, effect, batch).await;
+            }
+            self.effects = effects;
+        }
     }
 
     /// Over `state.max_customers`: sheds 1% of this partition's customers (at least the excess
@@ -699,8 +727,15 @@ impl Pipeline {
         }
     }
 
-    async fn apply_effect(&mut self, msg: &BorrowedMessage<'_>, effect: Effect, batch: Option<u64>) {
-        let partition = msg.partition();
+    /// Carries out one effect of the record `msg` of `partition`, or of a tick (`msg` is `None`:
+    /// only timer alerts and evictions come from a tick).
+    async fn apply_effect(
+        &mut self,
+        partition: i32,
+        msg: Option<&BorrowedMessage<'_>>,
+        effect: Effect,
+        batch: Option<u64>,
+    ) {
         match effect {
             Effect::Alert { alert, seq } => {
                 if seq.is_none() {
@@ -710,8 +745,18 @@ impl Pipeline {
                 if let Some(b) = self.batch_mut(partition, batch) {
                     b.alerts_unacked += 1;
                 }
-                // A timer alert belongs to the record whose event time fired it.
-                let owner = seq.map_or(msg.offset(), |s| s as i64);
+                if alert.status == AlertStatus::Withdrawn {
+                    self.shared
+                        .metrics
+                        .alert_corrections
+                        .with_label_values(&[alert.rule.as_str()])
+                        .inc();
+                }
+                // A timer alert belongs to the record whose event time fired it. One fired by a
+                // tick belongs to no record: its case change reaches the changelog only after the
+                // alert is acknowledged (the batch waits for it), so a crash before that fires it
+                // again after the restore.
+                let owner = seq.map(|s| s as i64).or(msg.map(|m| m.offset()));
                 self.buf.clear();
                 self.encoder.encode(&alert, &mut self.buf);
                 let sent = Sent::Alert {
@@ -728,7 +773,7 @@ impl Pipeline {
                     headers: None,
                     partition: None,
                 };
-                self.send(partition, Some(owner), sent, out).await;
+                self.send(partition, owner, sent, out).await;
                 self.buf = payload;
             }
             Effect::Applied { seq, customer } => {
@@ -757,7 +802,21 @@ impl Pipeline {
                     event.event_id,
                     humantime::format_duration(self.config.engine.allowed_lateness)
                 );
-                self.dead_letter(msg, "late", &why).await;
+                if let Some(msg) = msg {
+                    self.dead_letter(msg, "late", &why).await;
+                }
+                self.finish(partition, seq as i64);
+            }
+            Effect::Future { seq, event, ahead_ms } => {
+                self.shared.metrics.future_records.inc();
+                let why = format!(
+                    "future: event {} is stamped {ahead_ms} ms ahead of its record's timestamp (max clock skew {})",
+                    event.event_id,
+                    humantime::format_duration(self.config.engine.max_clock_skew)
+                );
+                if let Some(msg) = msg {
+                    self.dead_letter(msg, "future", &why).await;
+                }
                 self.finish(partition, seq as i64);
             }
             Effect::Evicted { keys } => {
@@ -1246,14 +1305,13 @@ impl Pipeline {
                 "shutdown deadline passed with deliveries unacknowledged; their records will be re-processed"
             );
         }
-        let buffered: usize = self.parts.values().map(|p| p.stream.buffered()).sum();
         if self.eos {
             self.commit_transaction().await;
             self.consumer.unsubscribe();
             return;
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!(buffered, "offsets committed"),
+            Ok(()) => tracing::info!("offsets committed"),
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 tracing::error!(error = %e, "final commit failed; uncommitted records will be re-processed")

@@ -345,8 +345,8 @@ mod tests {
         let tp = Generator::new(GeneratorConfig::default()).next_touchpoint();
         let customer = tp.customer_id.clone();
         let mut out = Vec::new();
-        stream.push(tp, 0, 0, &mut out);
-        stream.flush(0, &mut out);
+        stream.push(tp, 0, crate::engine::ARRIVAL_UNCHECKED, 0, &mut out);
+        stream.flush(None, 0, &mut out);
         let mut value = Vec::new();
         assert!(source.snapshot(&customer, 0, &mut value));
 

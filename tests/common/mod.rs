@@ -86,11 +86,34 @@ pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
     t
 }
 
-/// Test config: the shipped defaults with lateness 0 (so nothing waits in the reorder buffer),
-/// HTTP on an ephemeral port, and the given topics.
+/// The event time broker tests' touchpoints start at: three hours ago, to the minute. Live, the
+/// service checks event time against the record's timestamp (max clock skew) and idle partitions
+/// fire timers by the wall clock, so test data lives near now, as real traffic does: the 4 h SLA
+/// of a case it opens falls due only after the test.
+pub fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        (now - 3 * 3_600_000) / 60_000 * 60_000
+    })
+}
+
+/// For tests that compare the live service with `replay` over the golden scenarios, which span
+/// 320 days of event time: on an idle partition their SLA and expiry timers would fire by today's
+/// wall clock, which `replay` reaches only with `--until`. Overrides the shipped
+/// `engine.idle_timeout` (1 s) so timers follow event time alone, as in `replay`; the idle clock
+/// itself is tested with the shipped default in tests/service.rs.
+pub fn timers_follow_event_time_only(c: &mut Config) {
+    c.engine.idle_timeout = Duration::from_secs(86_400);
+}
+
+/// Test config: the shipped defaults (`config/default.toml`), HTTP on an ephemeral port, and the
+/// given topics.
 pub fn config(brokers: &str, t: &Topics, input: Format, output: Format) -> Config {
     let mut c = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")).unwrap();
-    c.engine.allowed_lateness = Duration::ZERO;
     c.kafka.brokers = brokers.to_string();
     c.kafka.input_topic = t.input.clone();
     c.kafka.alert_topic = t.alerts.clone();
@@ -126,10 +149,23 @@ pub fn scenario_lines() -> Vec<String> {
                 other => other.as_i64().unwrap(),
             };
             v["occurred_at"] = Value::from(t + k as i64 * 40 * 86_400_000);
-            out.push(v.to_string());
+            out.push(v);
         }
     }
-    out
+    // Moved in time so the newest touchpoint is at `t0()`: behind the records' timestamps, as
+    // real traffic is (the service dead-letters event times ahead of them).
+    let newest = out
+        .iter()
+        .map(|v| v["occurred_at"].as_i64().unwrap())
+        .max()
+        .unwrap_or(0);
+    out.into_iter()
+        .map(|mut v| {
+            let t = v["occurred_at"].as_i64().unwrap();
+            v["occurred_at"] = Value::from(t - newest + t0());
+            v.to_string()
+        })
+        .collect()
 }
 
 /// What `replay` gives for these lines under this config: alerts minus `detected_at`, sorted by id.
@@ -143,7 +179,10 @@ pub fn replay(config: &Config, lines: &[String]) -> Vec<Value> {
         Format::Json,
         &mut out,
         &mut problems,
-        &|| 0,
+        // The processing clock: any time after the test data's event times (skew is checked
+        // against it); `detected_at` is dropped by `normalize`.
+        &|| 1_900_000_000_000,
+        None,
     )
     .unwrap();
     let mut v: Vec<Value> = String::from_utf8(out)
@@ -367,7 +406,7 @@ pub fn payment_lines(from: i64, to: i64, every: i64) -> Vec<String> {
             };
             serde_json::json!({
                 "event_id": format!("ev-{i}"), "customer_id": format!("cust-{i}"),
-                "occurred_at": 1_772_359_200_000i64 + i * 1000, "channel": "WEB", "kind": "INTERACTION",
+                "occurred_at": t0() + i * 1000, "channel": "WEB", "kind": "INTERACTION",
                 "direction": "INBOUND", "journey": "billing", "touchpoint": tp, "outcome": outcome
             })
             .to_string()
