@@ -405,11 +405,9 @@ struct Topics {
     group: String,
 }
 
-/// The shipped defaults with lateness 0 (nothing waits in the reorder buffer), HTTP on an
-/// ephemeral port, this mode's guarantee and commit interval.
+/// The shipped defaults, HTTP on an ephemeral port, this mode's guarantee and commit interval.
 fn service_config(brokers: &str, t: &Topics, mode: &Mode, fetch_wait_ms: u32) -> Result<Config> {
     let mut c = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"))?;
-    c.engine.allowed_lateness = Duration::ZERO;
     c.kafka.brokers = brokers.to_string();
     c.kafka.input_topic = t.input.clone();
     c.kafka.alert_topic = t.alerts.clone();

@@ -35,7 +35,6 @@ async fn main() -> anyhow::Result<()> {
 
     // Realistic states: 100k customers with generated journeys, each snapshotted as it changes.
     let mut config = Config::default();
-    config.engine.allowed_lateness = Duration::ZERO;
     config.kafka.brokers = brokers.clone();
     config.state.changelog_topic = topic.clone();
     let engine = Arc::new(Engine::new(config.clone()));

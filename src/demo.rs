@@ -119,9 +119,13 @@ async fn produce(config: Config, options: DemoOptions, mut stop: tokio::sync::wa
                 ),
             }
         }
+        // The record is written at the demo's simulated time (event time runs `speedup` times
+        // faster than the wall clock): stamped with the wall clock, touchpoints would soon be
+        // further ahead of their records than `engine.max_clock_skew` and go to dead letters.
         let record = FutureRecord::to(&config.kafka.input_topic)
             .key(&tp.customer_id)
-            .payload(&buf);
+            .payload(&buf)
+            .timestamp(tp.occurred_at);
         if let Err((e, _)) = producer.send(record, Duration::from_secs(5)).await {
             eprintln!("demo: produce failed: {e}");
         }

@@ -58,7 +58,7 @@ impl Report<'_> {
             git_commit()
         ));
         line(format!(
-            "cx-sentinel: {}, state changelog {}, lateness 0s, alerts as {}",
+            "cx-sentinel: {}, state changelog {}, shipped lateness, alerts as {}",
             self.guarantee(),
             if self.config.state.changelog { "on" } else { "off" },
             value_name(self.args.output_format)

@@ -74,7 +74,6 @@ impl ServiceTopics {
 
 pub(crate) fn service_config(args: &Args, base: &Config, t: &ServiceTopics) -> Config {
     let mut c = base.clone();
-    c.engine.allowed_lateness = Duration::ZERO;
     c.kafka.input_topic = t.input.clone();
     c.kafka.alert_topic = t.alerts.clone();
     c.kafka.dlq_topic = t.dlq.clone();
