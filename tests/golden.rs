@@ -142,9 +142,25 @@ fn unanswered_case_escalates_at_sla_then_expires() {
     assert_eq!(a[2]["event_time"].as_i64().unwrap() - opened, 30 * 86_400_000);
 }
 
+/// An IVR platform posts its batch late: the self-service SUCCESS from before the fourth call
+/// arrives after the high-effort page and withdraws it; a payment failure that arrives after the
+/// customer's later successful retry pages no one; a record with a wrong clock (year 2099) is
+/// reported and changes nothing.
+#[test]
+fn late_ivr_batch_withdraws_the_effort_case_and_a_wrong_clock_changes_nothing() {
+    let a = run("late_ivr_batch");
+    assert_eq!(statuses(&a), ["OPEN", "WITHDRAWN"]);
+    assert_eq!(field(&a[0], "rule"), "high_effort");
+    assert_eq!(field(&a[1], "rule"), "high_effort");
+    assert_eq!(field(&a[0], "case_id"), field(&a[1], "case_id"));
+    assert_eq!(field(&a[1], "trigger_event_id"), "lt-4");
+    assert!(a.iter().all(|x| field(x, "customer_id") == "cust-520"), "{a:?}");
+}
+
 #[test]
 fn every_scenario_directory_is_covered() {
     let known = [
+        "late_ivr_batch",
         "payment_wrong_amount",
         "reservation_confirmed_in_error",
         "isp_cancellation_loop",

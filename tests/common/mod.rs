@@ -153,16 +153,21 @@ pub fn scenario_lines() -> Vec<String> {
         }
     }
     // Moved in time so the newest touchpoint is at `t0()`: behind the records' timestamps, as
-    // real traffic is (the service dead-letters event times ahead of them).
+    // real traffic is (the service dead-letters event times ahead of them). A scenario's
+    // deliberately wrong clock (stamped 2030 or later) stays wrong.
+    const WRONG_CLOCK: i64 = 1_893_456_000_000;
     let newest = out
         .iter()
         .map(|v| v["occurred_at"].as_i64().unwrap())
+        .filter(|&t| t < WRONG_CLOCK)
         .max()
         .unwrap_or(0);
     out.into_iter()
         .map(|mut v| {
             let t = v["occurred_at"].as_i64().unwrap();
-            v["occurred_at"] = Value::from(t - newest + t0());
+            if t < WRONG_CLOCK {
+                v["occurred_at"] = Value::from(t - newest + t0());
+            }
             v.to_string()
         })
         .collect()
