@@ -5,7 +5,8 @@
 //! - [`model`]: the data contracts, touchpoints in and recovery alerts out (`schemas/*.avsc`).
 //! - [`config`]: the TOML file, env overrides, defaults and validation naming the key.
 //! - [`engine`]: the pure core. Per-customer state in a `DashMap`, the rules, the case lifecycle,
-//!   watermark and event-time timers. Takes `(touchpoint, now)`, returns effects.
+//!   event-time clock, corrections and timers. Takes `(touchpoint, arrival, now)` and ticks,
+//!   returns effects; acts on each touchpoint when it arrives.
 //! - [`codec`]: JSON and Avro (bare and Confluent-framed) for both contracts, plus validation.
 //! - [`replay`]: runs the engine over a file, the offline twin of the live service.
 //! - [`metrics`]: the Prometheus registry and every metric name.
