@@ -1112,10 +1112,14 @@ impl Stream {
     /// fire on quiet partitions. Never beyond `now`: only deadlines already past in real time
     /// fire, and the same log replayed reaches them by its own event time or at its end
     /// (`replay --until`).
+    /// A stream that has had no input at all (a partition just assigned, its state restored)
+    /// counts as idle from its first tick.
     pub fn tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        if self.last_input == Millis::MIN
-            || now.saturating_sub(self.last_input) < self.engine.rules.idle_timeout_ms
-            || now <= self.timer_clock
+        if self.last_input == Millis::MIN {
+            self.last_input = now;
+            return;
+        }
+        if now.saturating_sub(self.last_input) < self.engine.rules.idle_timeout_ms || now <= self.timer_clock
         {
             return;
         }

@@ -567,6 +567,31 @@ fn an_idle_stream_follows_the_wall_clock_so_the_sla_fires_on_time() {
 }
 
 #[test]
+fn a_restored_stream_with_no_input_fires_its_timers_once_idle() {
+    let engine = Arc::new(Engine::new(Config::default()));
+    let mut stream = Stream::new(engine.clone());
+    let mut out = Vec::new();
+    stream.push(
+        Ev::new("a", "c", 0, "payment.transfer", Outcome::Failure).0,
+        0,
+        T0,
+        T0,
+        &mut out,
+    );
+    // A new stream over the same state, as after a restore: no input arrives.
+    let mut restored = Stream::new(engine.clone());
+    restored.after_restore();
+    out.clear();
+    restored.tick(T0 + 5 * HOUR, &mut out); // the first tick starts the idle count
+    assert!(out.is_empty());
+    restored.tick(T0 + 5 * HOUR + 1_000, &mut out);
+    assert_eq!(
+        statuses(&out),
+        [(AlertStatus::Escalated, "sla_breach".to_string())]
+    );
+}
+
+#[test]
 fn expiries_wait_for_the_lateness_so_a_late_touch_keeps_its_case() {
     let engine = Arc::new(Engine::new(Config::default()));
     let mut stream = Stream::new(engine.clone());

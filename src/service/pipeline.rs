@@ -652,6 +652,15 @@ impl Pipeline {
         let now = self.clock.at(started);
         let partitions: Vec<i32> = self.parts.keys().copied().collect();
         for partition in partitions {
+            let part = &self.parts[&partition];
+            // Not idle while records are known to wait (a pause with a backlog): the local high
+            // watermark of the last fetch is past what was consumed.
+            let waiting = part.next > 0
+                && kafka::cached_high_watermark(&*self.consumer, &self.config.kafka.input_topic, partition)
+                    .is_some_and(|high| high > part.next);
+            if waiting {
+                continue;
+            }
             let mut effects = std::mem::take(&mut self.effects);
             let batch = {
                 let part = self.parts.get_mut(&partition).expect("listed above");
