@@ -501,24 +501,15 @@ impl Engine {
         );
 
         let case_at = s.cases().iter().position(|c| c.journey_hash == journey_hash);
-        if let (Polarity::Negative, Some(i), Place::Counted) = (polarity, case_at, place) {
-            let facts = Facts {
-                tier: s.tier,
-                polarity,
-                stake,
-                tier_mult,
-                score: s.score,
-                episode: ep,
-            };
-            // Only a moment of truth opens a case on its own whatever came before it; the other
-            // rules read a score and an episode that a late positive would change.
-            if self
-                .evaluate(&ev, &facts)
-                .is_some_and(|(rule, ..)| rule == RuleId::CriticalNegative)
-            {
-                let case = &mut s.extra_mut().cases[i];
-                case.reopens_at = case.reopens_at.max(t);
-            }
+        // A moment of truth on an open case would open a case of its own whatever came before it
+        // (the other rules read a score and an episode that a late positive would change).
+        let critical = &r.config.rules.critical_negative;
+        if let (Polarity::Negative, Some(i), Place::Counted) = (polarity, case_at, place)
+            && critical.enabled
+            && stake.weight >= critical.min_stakes
+        {
+            let case = &mut s.extra_mut().cases[i];
+            case.reopens_at = case.reopens_at.max(t);
         }
         match (polarity, case_at) {
             // Before the positive that started this journey's episode (it arrived late): in event
