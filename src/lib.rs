@@ -11,6 +11,7 @@
 //! - [`metrics`]: the Prometheus registry and every metric name.
 //! - [`service`]: the Kafka consumer/producer loop, dead letters, offsets, HTTP, shutdown.
 //! - [`demo`]: the service against an in-process cluster fed by the generator.
+//! - [`report`]: alerts (and touchpoints) to one self-contained HTML page of charts and tables.
 //! - [`generator`]: realistic multi-channel journeys (some going wrong) for the demo and benchmarks.
 //! - [`Allocator`], [`install_allocator!`]: the process allocator (jemalloc) of the binary and benchmarks.
 //! - [`allocator`]: its own accounting (allocated, active, resident bytes) and a purge.
@@ -24,6 +25,7 @@ pub mod generator;
 pub mod metrics;
 pub mod model;
 pub mod replay;
+pub mod report;
 pub mod service;
 
 /// The allocator the binary and the benchmarks install: the system's where jemalloc is not used.

@@ -52,6 +52,21 @@ enum Command {
         #[arg(long, default_value_t = 120.0)]
         speedup: f64,
     },
+    /// A self-contained HTML page of charts and tables from alerts (replay output or
+    /// `tail --json`): cases per day by rule, journeys by cases and effort, time to recover,
+    /// recovery rate by journey and channel.
+    Report {
+        /// Alerts, JSON lines.
+        #[arg(long)]
+        input: PathBuf,
+        /// The touchpoints behind them (JSON lines, the replay input), for customer effort.
+        #[arg(long)]
+        touchpoints: Option<PathBuf>,
+        #[arg(long, default_value = "report.html")]
+        output: PathBuf,
+        #[arg(long, default_value = "cx-sentinel report")]
+        title: String,
+    },
     /// Validate a configuration file; exits non-zero naming the key and the problem.
     CheckConfig {
         #[arg(long, default_value = "config/default.toml")]
@@ -139,6 +154,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(cx_sentinel::demo::run(config, options, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            input,
+            touchpoints,
+            output,
+            title,
+        } => {
+            let open = |p: &PathBuf| {
+                std::fs::File::open(p)
+                    .map(BufReader::new)
+                    .with_context(|| format!("opening {}", p.display()))
+            };
+            let alerts = cx_sentinel::report::read_alerts(open(&input)?)?;
+            let tps = touchpoints
+                .as_ref()
+                .map(|p| cx_sentinel::report::read_touchpoints(open(p)?).map_err(anyhow::Error::from))
+                .transpose()?;
+            for (what, skipped, lines) in [("alerts", alerts.skipped, &alerts.bad_lines)]
+                .into_iter()
+                .chain(tps.as_ref().map(|t| ("touchpoints", t.skipped, &t.bad_lines)))
+            {
+                if skipped > 0 {
+                    eprintln!(
+                        "report: {skipped} {what} lines skipped (not records), first at lines {lines:?}"
+                    );
+                }
+            }
+            let report =
+                cx_sentinel::report::analyze(&alerts.records, tps.as_ref().map(|t| t.records.as_slice()));
+            let page = cx_sentinel::report::html(
+                &report,
+                &title,
+                alerts.skipped + tps.as_ref().map_or(0, |t| t.skipped),
+            )?;
+            std::fs::write(&output, page).with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "report: {} alerts, {} cases -> {}",
+                report.alerts,
+                report.cases.len(),
+                output.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
