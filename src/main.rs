@@ -52,6 +52,22 @@ enum Command {
         #[arg(long, default_value_t = 120.0)]
         speedup: f64,
     },
+    /// Print the alert topic one readable line per alert (time, severity, status, customer,
+    /// journey, rule, channel, reason), in the configured output format. Without --follow it
+    /// stops at the end of the topic; without --from-beginning it starts at the end and follows.
+    Tail {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Start at the oldest alert the topic holds.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Keep waiting for new alerts at the end of the topic.
+        #[arg(long)]
+        follow: bool,
+        /// Each alert as a JSON line (a JSON topic's records as they are).
+        #[arg(long)]
+        json: bool,
+    },
     /// A self-contained HTML page of charts and tables from alerts (replay output or
     /// `tail --json`): cases per day by rule, journeys by cases and effort, time to recover,
     /// recovery rate by journey and channel.
@@ -154,6 +170,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(cx_sentinel::demo::run(config, options, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail {
+            config,
+            from_beginning,
+            follow,
+            json,
+        } => {
+            let config = Config::load(&config)?;
+            let options = cx_sentinel::tail::TailOptions {
+                from_beginning,
+                follow,
+                json,
+                color: cx_sentinel::render::stdout_wants_color(),
+            };
+            let summary = cx_sentinel::tail::run(&config, options, &mut std::io::stdout().lock())
+                .with_context(|| format!("reading alerts from '{}'", config.kafka.alert_topic))?;
+            if summary.undecodable > 0 {
+                eprintln!("tail: {} records were not alerts", summary.undecodable);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Report {
