@@ -41,10 +41,14 @@ enum Command {
         config: PathBuf,
     },
     /// Everything in one process, nothing to install: an in-process Kafka cluster, a generator of
-    /// realistic journeys, and the real pipeline; alerts print as JSON lines. Ctrl-C stops it.
+    /// realistic journeys, and the real pipeline; alerts print one readable line each on a
+    /// terminal (JSON lines otherwise, or with --json). Ctrl-C stops it and prints a summary.
     Demo {
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
+        /// Alerts as JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
         /// Touchpoints per second.
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
@@ -155,17 +159,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo {
             config,
+            json,
             rate,
             speedup,
         } => {
             let mut config = Config::load(&config)?;
             if std::env::var_os("RUST_LOG").is_none() {
-                config.log.level = "warn".into();
+                // The demo reports its injected bad records as one summary line every few
+                // seconds instead of the service's warning per dead letter.
+                config.log.level = "warn,cx_sentinel::service::pipeline=error".into();
             }
             init_tracing(&config);
             let options = cx_sentinel::demo::DemoOptions {
                 rate,
                 speedup,
+                color: cx_sentinel::render::stdout_wants_color(),
+                readable: !json && std::io::IsTerminal::is_terminal(&std::io::stdout()),
                 ..Default::default()
             };
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
