@@ -252,7 +252,7 @@ fn charts_render_in_headless_chromium() {
         (
             "opened-per-day",
             4,
-            vec!["2026-03-02", "critical_negative", "high_effort"],
+            vec!["03-02", "critical_negative", "high_effort"],
         ),
         ("journey-cases", 6, vec!["parcel", "insurance-claim"]),
         ("journey-effort", 10, vec!["cancellation", "faq"]),

@@ -29,13 +29,14 @@ fn ticks(max: f64) -> usize {
     if max <= 10.0 { max as usize + 1 } else { 11 }
 }
 
-/// A round upper bound for an axis: 1, 2 or 5 times a power of ten, at least `v`.
+/// A round upper bound for an axis, at least `v`: 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a
+/// power of ten.
 pub fn nice_max(v: f64) -> f64 {
     if !(v.is_finite() && v > 0.0) {
         return 1.0;
     }
     let mag = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .iter()
         .map(|m| m * mag)
         .find(|&m| m >= v)
@@ -90,7 +91,7 @@ pub fn stacked_columns(
             .x_label_area_size(40)
             .y_label_area_size(56)
             .build_cartesian_2d(0f64..n as f64, 0f64..y_max)?;
-        let names = category_label(categories, n.div_ceil(12));
+        let names = category_label(categories, n.div_ceil(10));
         let y_fmt = |y: &f64| format!("{y:.0}");
         chart
             .configure_mesh()
@@ -174,8 +175,14 @@ pub fn bars(
             .label_style(("sans-serif", 15))
             .draw()?;
         let row = |i: usize| (n - 1 - i) as f64;
+        // Bars at most 36 px thick however few the categories, a gap of 30% between many.
+        let segment = chart.plotting_area().dim_in_pixel().1 as f64 / n as f64;
+        let pad = ((1.0 - 36.0 / segment) / 2.0).max(0.15);
         chart.draw_series(values.iter().enumerate().map(|(i, v)| {
-            Rectangle::new([(0.0, row(i) + 0.15), (*v, row(i) + 0.85)], PALETTE[0].filled())
+            Rectangle::new(
+                [(0.0, row(i) + pad), (*v, row(i) + 1.0 - pad)],
+                PALETTE[0].filled(),
+            )
         }))?;
         chart.draw_series(values.iter().enumerate().map(|(i, v)| {
             // Beside the bar, or inside its end in white when the bar nearly fills the chart.
@@ -204,12 +211,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nice_max_rounds_up_to_1_2_5() {
+    fn nice_max_rounds_up_to_a_round_number() {
         assert_eq!(nice_max(0.0), 1.0);
-        assert_eq!(nice_max(3.0), 5.0);
-        assert_eq!(nice_max(5.0), 5.0);
-        assert_eq!(nice_max(11.5), 20.0);
-        assert_eq!(nice_max(600.0), 1000.0);
+        assert_eq!(nice_max(3.0), 3.0);
+        assert_eq!(nice_max(3.5), 4.0);
+        assert_eq!(nice_max(11.5), 12.0);
+        assert_eq!(nice_max(681.0), 800.0);
     }
 
     #[test]

@@ -454,7 +454,25 @@ pub fn charts(r: &Report) -> Result<Vec<(&'static str, String, String)>, ReportE
     let err = |chart: &'static str| move |message| ReportError::Chart { chart, message };
     let mut out = Vec::new();
 
-    let days: Vec<String> = r.opened_per_day.keys().cloned().collect();
+    // Days as MM-DD when they all fall in one year (the summary line names the span).
+    let one_year = r
+        .opened_per_day
+        .keys()
+        .map(|d| &d[..4.min(d.len())])
+        .collect::<BTreeSet<_>>()
+        .len()
+        == 1;
+    let days: Vec<String> = r
+        .opened_per_day
+        .keys()
+        .map(|d| {
+            if one_year && d.len() == 10 {
+                d[5..].to_string()
+            } else {
+                d.clone()
+            }
+        })
+        .collect();
     let rules: BTreeSet<&String> = r.opened_per_day.values().flat_map(|m| m.keys()).collect();
     let series: Vec<(String, Vec<f64>)> = rules
         .iter()
