@@ -422,7 +422,7 @@ async fn kubernetes_manifest_agrees_with_the_service() {
 
 /// `systemd-analyze verify` of the unit with its binary pointed at the one just built. It exits
 /// 0 on settings it ignores (a misspelt value is only a warning), so any output fails too.
-fn verify_unit(text: &str) -> (bool, String) {
+fn verify_unit(systemd_analyze: &Path, text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("cx-sentinel.service");
     std::fs::write(
@@ -430,25 +430,26 @@ fn verify_unit(text: &str) -> (bool, String) {
         text.replace("/usr/local/bin/cx-sentinel", env!("CARGO_BIN_EXE_cx-sentinel")),
     )
     .unwrap();
-    let (ok, out) = run(Command::new("systemd-analyze").arg("verify").arg(&unit));
+    let (ok, out) = run(Command::new(systemd_analyze).arg("verify").arg(&unit));
     (ok && out.trim().is_empty(), out)
 }
 
 #[test]
 fn systemd_unit_verifies() {
-    if tool(
+    let Some(systemd_analyze) = tool(
         "CX_SYSTEMD_ANALYZE",
         "systemd-analyze",
         "scripts/manifest-tools.sh",
-    )
-    .is_none()
-    {
+    ) else {
         return;
-    }
+    };
     let text = std::fs::read_to_string(repo("deploy/systemd/cx-sentinel.service")).unwrap();
-    let (ok, out) = verify_unit(&text);
+    let (ok, out) = verify_unit(&systemd_analyze, &text);
     assert!(ok, "{out}");
-    let (ok, out) = verify_unit(&text.replace("Restart=on-failure", "Restart=sometimes"));
+    let (ok, out) = verify_unit(
+        &systemd_analyze,
+        &text.replace("Restart=on-failure", "Restart=sometimes"),
+    );
     assert!(!ok, "a bad Restart= value passed: {out}");
 
     // The stop timeout covers the service's shutdown; restarts wait out the group's session timeout.
