@@ -238,3 +238,104 @@ pub fn run(config: &Config, options: TailOptions, out: &mut dyn Write) -> Result
     out.flush()?;
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AlertStatus, Channel, RecoveryAlert, Severity};
+    use std::io::BufRead;
+
+    /// A registry that answers one request per connection with the given (status, body).
+    fn registry(answers: Vec<(u16, String)>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for (status, body) in answers {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut first = String::new();
+                reader.read_line(&mut first).unwrap();
+                seen.push(first.trim().to_string());
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                }
+                write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (url, handle)
+    }
+
+    fn alert() -> RecoveryAlert {
+        RecoveryAlert {
+            alert_id: "c1-open".into(),
+            case_id: "c1".into(),
+            status: AlertStatus::Open,
+            customer_id: "cust-1".into(),
+            journey: "billing".into(),
+            rule: "critical_negative".into(),
+            severity: Severity::High,
+            priority: 1.0,
+            reason: "r".into(),
+            recommended_channel: Channel::Voice,
+            trigger_event_id: "e1".into(),
+            event_time: 1,
+            detected_at: 2,
+            experience_score: -3.0,
+            customer_tier: None,
+            recent_touchpoints: vec![],
+            time_to_recover_ms: None,
+            attributes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn confluent_alerts_resolve_the_writer_schema_from_the_registry_once_per_id() {
+        let schema = serde_json::json!({ "schema": avro::ALERT_SCHEMA_TEXT }).to_string();
+        let (url, seen) = registry(vec![(200, schema), (404, "{}".into())]);
+        let mut config = Config::default();
+        config.output.format = Format::ConfluentAvro;
+        config.schema_registry.url = Some(url);
+        let mut decoder = AlertDecoder::new(&config).unwrap();
+        let mut datum = Vec::new();
+        avro::encode_alert(&alert(), &mut datum);
+        let frame = |id| {
+            let mut framed = Vec::new();
+            avro::confluent_frame(id, &datum, &mut framed);
+            framed
+        };
+        let want = serde_json::to_value(alert()).unwrap();
+        // Twice: the registry is asked about id 12 once.
+        assert_eq!(decoder.decode(&frame(12)).unwrap(), want);
+        assert_eq!(decoder.decode(&frame(12)).unwrap(), want);
+        assert_eq!(
+            decoder.decode(&frame(13)).unwrap_err(),
+            DecodeError::UnknownSchema(13)
+        );
+        assert_eq!(
+            seen.join().unwrap(),
+            ["GET /schemas/ids/12 HTTP/1.1", "GET /schemas/ids/13 HTTP/1.1"]
+        );
+    }
+
+    #[test]
+    fn json_alerts_are_read_as_json_whatever_their_status() {
+        let mut decoder = AlertDecoder::new(&Config::default()).unwrap();
+        let v = decoder
+            .decode(br#"{"status":"WITHDRAWN","customer_id":"c"}"#)
+            .unwrap();
+        assert_eq!(v["status"], "WITHDRAWN");
+        assert_eq!(decoder.decode(b"[1]").unwrap_err().class(), "json");
+        assert_eq!(decoder.decode(b"{torn").unwrap_err().class(), "json");
+    }
+}
