@@ -12,6 +12,9 @@
 //! - [`metrics`]: the Prometheus registry and every metric name.
 //! - [`service`]: the Kafka consumer/producer loop, dead letters, offsets, HTTP, shutdown.
 //! - [`demo`]: the service against an in-process cluster fed by the generator.
+//! - [`render`]: one readable line per alert (colour on a terminal), for `tail` and `demo`.
+//! - [`tail`]: reads the alert topic in any output format and prints it, like a console consumer.
+//! - [`report`]: alerts (and touchpoints) to one self-contained HTML page of charts and tables.
 //! - [`generator`]: realistic multi-channel journeys (some going wrong) for the demo and benchmarks.
 //! - [`Allocator`], [`install_allocator!`]: the process allocator (jemalloc) of the binary and benchmarks.
 //! - [`allocator`]: its own accounting (allocated, active, resident bytes) and a purge.
@@ -24,8 +27,11 @@ pub mod engine;
 pub mod generator;
 pub mod metrics;
 pub mod model;
+pub mod render;
 pub mod replay;
+pub mod report;
 pub mod service;
+pub mod tail;
 
 /// The allocator the binary and the benchmarks install: the system's where jemalloc is not used.
 #[cfg(not(all(target_os = "linux", not(target_env = "musl"))))]

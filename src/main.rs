@@ -46,16 +46,51 @@ enum Command {
         config: PathBuf,
     },
     /// Everything in one process, nothing to install: an in-process Kafka cluster, a generator of
-    /// realistic journeys, and the real pipeline; alerts print as JSON lines. Ctrl-C stops it.
+    /// realistic journeys, and the real pipeline; alerts print one readable line each on a
+    /// terminal (JSON lines otherwise, or with --json). Ctrl-C stops it and prints a summary.
     Demo {
         #[arg(long, default_value = "config/default.toml")]
         config: PathBuf,
+        /// Alerts as JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
         /// Touchpoints per second.
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
         /// Event-time seconds per wall-clock second.
         #[arg(long, default_value_t = 120.0)]
         speedup: f64,
+    },
+    /// Print the alert topic one readable line per alert (time, severity, status, customer,
+    /// journey, rule, channel, reason), in the configured output format. Without --follow it
+    /// stops at the end of the topic; without --from-beginning it starts at the end and follows.
+    Tail {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Start at the oldest alert the topic holds.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Keep waiting for new alerts at the end of the topic.
+        #[arg(long)]
+        follow: bool,
+        /// Each alert as a JSON line (a JSON topic's records as they are).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A self-contained HTML page of charts and tables from alerts (replay output or
+    /// `tail --json`): cases per day by rule, journeys by cases and effort, time to recover,
+    /// recovery rate by journey and channel.
+    Report {
+        /// Alerts, JSON lines.
+        #[arg(long)]
+        input: PathBuf,
+        /// The touchpoints behind them (JSON lines, the replay input), for customer effort.
+        #[arg(long)]
+        touchpoints: Option<PathBuf>,
+        #[arg(long, default_value = "report.html")]
+        output: PathBuf,
+        #[arg(long, default_value = "cx-sentinel report")]
+        title: String,
     },
     /// Validate a configuration file; exits non-zero naming the key and the problem.
     CheckConfig {
@@ -145,21 +180,88 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo {
             config,
+            json,
             rate,
             speedup,
         } => {
             let mut config = Config::load(&config)?;
             if std::env::var_os("RUST_LOG").is_none() {
-                config.log.level = "warn".into();
+                // The demo reports its injected bad records as one summary line every few
+                // seconds instead of the service's warning per dead letter.
+                config.log.level = "warn,cx_sentinel::service::pipeline=error".into();
             }
             init_tracing(&config);
             let options = cx_sentinel::demo::DemoOptions {
                 rate,
                 speedup,
+                color: cx_sentinel::render::stdout_wants_color(),
+                readable: !json && std::io::IsTerminal::is_terminal(&std::io::stdout()),
                 ..Default::default()
             };
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(cx_sentinel::demo::run(config, options, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail {
+            config,
+            from_beginning,
+            follow,
+            json,
+        } => {
+            let config = Config::load(&config)?;
+            let options = cx_sentinel::tail::TailOptions {
+                from_beginning,
+                follow,
+                json,
+                color: cx_sentinel::render::stdout_wants_color(),
+            };
+            let summary = cx_sentinel::tail::run(&config, options, &mut std::io::stdout().lock())
+                .with_context(|| format!("reading alerts from '{}'", config.kafka.alert_topic))?;
+            if summary.undecodable > 0 {
+                eprintln!("tail: {} records were not alerts", summary.undecodable);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            input,
+            touchpoints,
+            output,
+            title,
+        } => {
+            let open = |p: &PathBuf| {
+                std::fs::File::open(p)
+                    .map(BufReader::new)
+                    .with_context(|| format!("opening {}", p.display()))
+            };
+            let alerts = cx_sentinel::report::read_alerts(open(&input)?)?;
+            let tps = touchpoints
+                .as_ref()
+                .map(|p| cx_sentinel::report::read_touchpoints(open(p)?).map_err(anyhow::Error::from))
+                .transpose()?;
+            for (what, skipped, lines) in [("alerts", alerts.skipped, &alerts.bad_lines)]
+                .into_iter()
+                .chain(tps.as_ref().map(|t| ("touchpoints", t.skipped, &t.bad_lines)))
+            {
+                if skipped > 0 {
+                    eprintln!(
+                        "report: {skipped} {what} lines skipped (not records), first at lines {lines:?}"
+                    );
+                }
+            }
+            let report =
+                cx_sentinel::report::analyze(&alerts.records, tps.as_ref().map(|t| t.records.as_slice()));
+            let page = cx_sentinel::report::html(
+                &report,
+                &title,
+                alerts.skipped + tps.as_ref().map_or(0, |t| t.skipped),
+            )?;
+            std::fs::write(&output, page).with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "report: {} alerts, {} cases -> {}",
+                report.alerts,
+                report.cases.len(),
+                output.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {

@@ -102,7 +102,7 @@ impl Metrics {
             0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.07, 0.08,
             0.09, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
         ];
-        Self {
+        let metrics = Self {
             records_consumed: counter_vec(RECORDS_CONSUMED, "Input records consumed.", &["partition"]),
             decode_errors: counter_vec(
                 DECODE_ERRORS,
@@ -255,7 +255,12 @@ impl Metrics {
                 &["reason"],
             ),
             registry,
+        };
+        // The rules a correction can withdraw, at 0: alerting on a rate needs the series to exist.
+        for rule in ["high_effort", "channel_hopping"] {
+            metrics.alert_corrections.with_label_values(&[rule]);
         }
+        metrics
     }
 
     /// The registry in Prometheus text exposition format.

@@ -2,6 +2,8 @@
 //! `CX_KAFKA_BROKERS`; with `CX_REQUIRE_EXTERNAL=1` a missing broker fails the test).
 #![allow(dead_code)]
 
+pub mod tools;
+
 use cx_sentinel::codec::Format;
 use cx_sentinel::config::Config;
 use rdkafka::ClientConfig;
