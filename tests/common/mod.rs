@@ -4,7 +4,7 @@
 
 use cx_sentinel::codec::Format;
 use cx_sentinel::config::Config;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -199,16 +199,36 @@ pub async fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>)]) 
     }
 }
 
+/// A consumer of every partition of `topic` from the beginning, assigned by hand: no group, so
+/// no join. (tansu 510f3e2 holds every JoinGroup for half the member's session timeout to gather
+/// members: 22.5 s with librdkafka's default 45 s session, for each reader of each test.) `extra`
+/// are further client settings (`isolation.level`, security).
+pub fn reader(brokers: &str, topic: &str, extra: &[(&str, &str)]) -> StreamConsumer {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false");
+    for (k, v) in extra {
+        cc.set(*k, *v);
+    }
+    let c: StreamConsumer = cc.create().unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata of the topic to read");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        }
+    }
+    assert!(tpl.count() > 0, "topic {topic} has no partitions");
+    c.assign(&tpl).unwrap();
+    c
+}
+
 /// Reads `topic` from the beginning until `count` records arrived or `timeout` passed.
 pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    let c = reader(brokers, topic, &[]);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < count {
@@ -326,6 +346,17 @@ pub fn keyed(lines: &[String]) -> Vec<(String, Vec<u8>)> {
 
 /// The real binary as a separate process (`run`), configured through environment overrides.
 pub fn spawn(brokers: &str, t: &Topics) -> std::process::Child {
+    spawn_with(brokers, t, &[], None)
+}
+
+/// [`spawn`] with further `CX_SENTINEL__...` overrides, and its log (warnings and errors unless
+/// `CX_TEST_CHILD_LOG` says otherwise) in `log` if given.
+pub fn spawn_with(
+    brokers: &str,
+    t: &Topics,
+    env: &[(&str, &str)],
+    log: Option<&Path>,
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_cx-sentinel"))
         .args([
             "run",
@@ -340,16 +371,18 @@ pub fn spawn(brokers: &str, t: &Topics) -> std::process::Child {
         .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
         .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
         .env("CX_SENTINEL__HTTP__LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("CX_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(std::process::Stdio::null())
-        .stderr(match std::env::var("CX_TEST_CHILD_LOG_DIR") {
-            Ok(dir) => std::process::Stdio::from(
+        .stderr(match (log, std::env::var("CX_TEST_CHILD_LOG_DIR")) {
+            (Some(path), _) => std::process::Stdio::from(std::fs::File::create(path).expect("child log file")),
+            (None, Ok(dir)) => std::process::Stdio::from(
                 std::fs::File::create(format!("{dir}/{}.log", unique("child"))).expect("child log file"),
             ),
-            Err(_) => std::process::Stdio::inherit(),
+            (None, Err(_)) => std::process::Stdio::inherit(),
         })
         .spawn()
         .expect("starting cx-sentinel")
@@ -384,13 +417,7 @@ pub async fn collect_alerts(
     timeout: Duration,
     done: impl Fn(&ById) -> bool,
 ) -> ById {
-    let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&[topic]).unwrap();
+    let reader = reader(brokers, topic, &[]);
     let mut by_id = ById::new();
     let deadline = Instant::now() + timeout;
     while !done(&by_id) && Instant::now() < deadline {
