@@ -134,7 +134,11 @@ async fn exactly_once_on_the_broker_survives_sigkill_and_restart() {
     produce(&brokers, &t.input, &keyed(&before)).await;
     let mut first = spawn_with(&brokers, &t, &eos, None);
     let early = collect_committed(&brokers, &t.alerts, Duration::from_secs(120), |n| n >= 1000).await;
-    assert!(early.len() >= 1000, "{} alerts committed before the kill", early.len());
+    assert!(
+        early.len() >= 1000,
+        "{} alerts committed before the kill",
+        early.len()
+    );
     first.kill().expect("SIGKILL");
     first.wait().unwrap();
 

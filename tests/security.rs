@@ -84,11 +84,16 @@ fn broker(tansu: &str, port: u16, advertised: u16, args: &[&str], log: &Path) ->
     let mut child = Command::new(tansu)
         .arg("broker")
         .args(["--listener-url", &format!("tcp://127.0.0.1:{port}")])
-        .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{advertised}")])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised}"),
+        ])
         .args(["--storage-engine", "memory://tansu/"])
         .args(args)
         .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(log.with_extension("err")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(log.with_extension("err")).unwrap(),
+        ))
         .spawn()
         .expect("starting tansu");
     wait_listening(port, "tansu", &mut child);
@@ -100,14 +105,23 @@ fn certificate(dir: &Path, name: &str) -> (String, String) {
     let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
     let out = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-        .args(["-subj", &format!("/CN={name}"), "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .expect("running openssl (scripts/test.sh installs it)");
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (cert.to_str().unwrap().into(), key.to_str().unwrap().into())
 }
 
@@ -122,7 +136,10 @@ fn client(bootstrap: &str, security: &[(&str, &str)]) -> ClientConfig {
 
 fn secured(config: &mut Config, security: &[(&str, &str)]) {
     for (k, v) in security {
-        config.kafka.librdkafka_options.insert(k.to_string(), v.to_string());
+        config
+            .kafka
+            .librdkafka_options
+            .insert(k.to_string(), v.to_string());
     }
 }
 
@@ -148,7 +165,12 @@ async fn tls_listener_service_consumes_and_alerts_and_a_wrong_ca_fails_the_start
     let _broker = broker(&tansu, plain, tls, &[], &dir.path().join("tansu.log"));
     let mut proxy = Command::new(&python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tls_proxy.py"))
-        .args(["--listen-port", &tls.to_string(), "--upstream-port", &plain.to_string()])
+        .args([
+            "--listen-port",
+            &tls.to_string(),
+            "--upstream-port",
+            &plain.to_string(),
+        ])
         .args(["--cert", &cert, "--key", &key])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -166,7 +188,10 @@ async fn tls_listener_service_consumes_and_alerts_and_a_wrong_ca_fails_the_start
         .map(|(name, parts)| NewTopic::new(name, parts, TopicReplication::Fixed(1)))
         .collect();
     for r in admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .unwrap()
     {
@@ -182,7 +207,10 @@ async fn tls_listener_service_consumes_and_alerts_and_a_wrong_ca_fails_the_start
     let producer: FutureProducer = client(&bootstrap, &security).create().unwrap();
     for (key, payload) in keyed(&lines) {
         producer
-            .send(FutureRecord::to(&t.input).key(&key).payload(&payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&t.input).key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("producing over TLS");
@@ -201,7 +229,10 @@ async fn tls_listener_service_consumes_and_alerts_and_a_wrong_ca_fails_the_start
     // A certificate the client does not trust: a clear start-up error, not a hang.
     secured(&mut config, &[("ssl.ca.location", other.as_str())]);
     let err = start_error(config).await;
-    assert!(err.contains("refused the connection") && err.contains("SSL handshake failed"), "{err}");
+    assert!(
+        err.contains("refused the connection") && err.contains("SSL handshake failed"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +240,13 @@ async fn sasl_wrong_password_fails_the_start_with_a_clear_error() {
     let Some(tansu) = tansu() else { return };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _broker = broker(&tansu, port, port, &["--authentication"], &dir.path().join("tansu.log"));
+    let _broker = broker(
+        &tansu,
+        port,
+        port,
+        &["--authentication"],
+        &dir.path().join("tansu.log"),
+    );
     let bootstrap = format!("127.0.0.1:{port}");
     let t = Topics::unique();
     let mut config = config(&bootstrap, &t, Format::Json, Format::Json);
@@ -228,6 +265,9 @@ async fn sasl_wrong_password_fails_the_start_with_a_clear_error() {
         err.contains("refused the connection") && err.contains("SASL authentication error"),
         "{err}"
     );
-    assert!(!err.contains("not-the-password"), "the password leaked into the error: {err}");
+    assert!(
+        !err.contains("not-the-password"),
+        "the password leaked into the error: {err}"
+    );
     eprintln!("refused after {:?}: {err}", started.elapsed());
 }
