@@ -35,7 +35,7 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
         // Offsets are stored by hand, only once a record's alerts are acknowledged.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "roundrobin")
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
         .set("statistics.interval.ms", "5000")

@@ -4,10 +4,10 @@
 
 use cx_sentinel::codec::Format;
 use cx_sentinel::config::Config;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,14 +164,8 @@ pub fn normalize(alerts: &mut [Value]) {
 }
 
 pub fn producer(brokers: &str) -> FutureProducer {
-    // One record per batch: tansu 0.6 cannot serve a fetch that starts inside a record batch
-    // (it answers from the next batch, or not at all for the last one), and the service
-    // resumes at committed offsets that may fall anywhere. Every offset a batch boundary keeps
-    // the tests about our code, not about that broker bug (see README, Tests).
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
         .create()
         .unwrap()
 }
@@ -218,7 +212,8 @@ pub fn reader(brokers: &str, topic: &str, extra: &[(&str, &str)]) -> StreamConsu
     let mut tpl = TopicPartitionList::new();
     for t in md.topics().iter().filter(|t| t.name() == topic) {
         for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
         }
     }
     assert!(tpl.count() > 0, "topic {topic} has no partitions");
@@ -378,7 +373,9 @@ pub fn spawn_with(
         )
         .stdout(std::process::Stdio::null())
         .stderr(match (log, std::env::var("CX_TEST_CHILD_LOG_DIR")) {
-            (Some(path), _) => std::process::Stdio::from(std::fs::File::create(path).expect("child log file")),
+            (Some(path), _) => {
+                std::process::Stdio::from(std::fs::File::create(path).expect("child log file"))
+            }
             (None, Ok(dir)) => std::process::Stdio::from(
                 std::fs::File::create(format!("{dir}/{}.log", unique("child"))).expect("child log file"),
             ),
