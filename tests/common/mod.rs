@@ -341,23 +341,27 @@ pub fn keyed(lines: &[String]) -> Vec<(String, Vec<u8>)> {
 
 /// The real binary as a separate process (`run`), configured through environment overrides.
 pub fn spawn(brokers: &str, t: &Topics) -> std::process::Child {
-    spawn_with(brokers, t, &[], None)
+    spawn_with(brokers, t, &default_config_path(), &[], None)
 }
 
-/// [`spawn`] with further `CX_SENTINEL__...` overrides, and its log (warnings and errors unless
-/// `CX_TEST_CHILD_LOG` says otherwise) in `log` if given.
+/// The shipped configuration file.
+pub fn default_config_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")
+}
+
+/// [`spawn`] with another configuration file, further `CX_SENTINEL__...` overrides, and its log
+/// (warnings and errors unless `CX_TEST_CHILD_LOG` says otherwise) in `log` if given.
 pub fn spawn_with(
     brokers: &str,
     t: &Topics,
+    config: &Path,
     env: &[(&str, &str)],
     log: Option<&Path>,
 ) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_cx-sentinel"))
-        .args([
-            "run",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
-        ])
+        .arg("run")
+        .arg("--config")
+        .arg(config)
         .env("CX_SENTINEL__KAFKA__BROKERS", brokers)
         .env("CX_SENTINEL__KAFKA__INPUT_TOPIC", &t.input)
         .env("CX_SENTINEL__KAFKA__ALERT_TOPIC", &t.alerts)
