@@ -35,7 +35,7 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
         // Offsets are stored by hand, only once a record's alerts are acknowledged.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "roundrobin")
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
         .set("statistics.interval.ms", "5000")
@@ -286,6 +286,55 @@ impl ConsumerContext for SentinelContext {
             Rebalance::Revoke(_) => {}
         }
     }
+}
+
+/// How long the connection check waits for the brokers before it leaves them to the topic check.
+const CONNECTION_CHECK: Duration = Duration::from_secs(10);
+
+/// Records the errors librdkafka reports that retrying will not cure: refused credentials and
+/// failed TLS handshakes.
+#[derive(Default)]
+struct ProbeContext {
+    refused: Mutex<Option<String>>,
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode::{Authentication, SSL};
+        if matches!(error.rdkafka_error_code(), Some(Authentication | SSL))
+            && let Ok(mut refused) = self.refused.lock()
+        {
+            refused.get_or_insert_with(|| reason.to_string());
+        }
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
+/// Fails at once, naming the cause, when the brokers refuse this client's credentials or its TLS
+/// handshake fails: librdkafka retries those forever, and the topic check would only report a
+/// metadata timeout. Brokers that answer, or do not answer at all within [`CONNECTION_CHECK`],
+/// pass (the topic check reports the latter). Blocking; uses the consumer's settings.
+pub fn check_connection(c: &Config) -> Result<(), ServiceError> {
+    let mut cc = consumer_config(c);
+    // Without a group the probe's poll serves librdkafka's main queue, where errors arrive.
+    cc.remove("group.id");
+    let probe: BaseConsumer<ProbeContext> = cc.create_with_context(ProbeContext::default())?;
+    let deadline = std::time::Instant::now() + CONNECTION_CHECK;
+    while std::time::Instant::now() < deadline {
+        if probe.fetch_metadata(None, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        let _ = probe.poll(Duration::from_millis(100));
+        if let Some(reason) = probe.context().refused.lock().ok().and_then(|mut r| r.take()) {
+            return Err(ServiceError::Refused(format!(
+                "kafka.brokers '{}' refused the connection: {reason} (check security.protocol, \
+                 sasl.* and ssl.* in kafka.librdkafka_options)",
+                c.kafka.brokers
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Fails unless every topic exists; returns their partition counts.

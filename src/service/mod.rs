@@ -39,6 +39,9 @@ pub enum ServiceError {
     },
     #[error("schema registry: {0}")]
     Registry(String),
+    /// The brokers refused the client's credentials or TLS handshake.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What the HTTP endpoints read while the pipeline runs.
@@ -149,7 +152,11 @@ pub async fn run(
     }));
     tracing::info!(%addr, "http listening");
 
-    let result = pipeline::run(config, shared.clone(), shutdown).await;
+    let check = config.clone();
+    let result = match tokio::task::spawn_blocking(move || kafka::check_connection(&check)).await {
+        Ok(Err(e)) => Err(e),
+        _ => pipeline::run(config, shared.clone(), shutdown).await,
+    };
     shared.running.store(false, Ordering::Relaxed);
     let _ = stop_http_tx.send(());
     let _ = http.await;

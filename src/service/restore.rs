@@ -180,10 +180,12 @@ pub fn read_partition_bare(config: &Config, partition: i32) -> Result<u64, Strin
 /// each record to `on_record` with the index of its partition in `partitions`. Returns one
 /// result per partition, in order; a partition's records stop coming once it has failed.
 ///
-/// A partition's end is the first partition-EOF at or past the high watermark listed at the
-/// start. The listed watermark alone is not enough: tansu 0.6 answers ListOffsets with the base
-/// offset of the last record batch plus one, so a restore that stopped there would miss the rest
-/// of a batch of several changelog records.
+/// A partition's end is its first partition-EOF: the end of what a `read_committed` reader may
+/// see, the last stable offset. Waiting for the high watermark listed at the start instead
+/// stalled an exactly_once restart: a killed instance's open transaction keeps the last stable
+/// offset below the high watermark until the broker aborts it (`transaction.timeout.ms`), and
+/// nothing of that transaction is part of the state to restore. (A partition empty at the start
+/// is done at once.)
 fn read_partitions(
     config: &Config,
     partitions: &[i32],
@@ -239,9 +241,7 @@ fn read_partitions(
                 }
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                if let Some(&i) = index.get(&partition)
-                    && progress[i].0 >= progress[i].1
-                {
+                if let Some(&i) = index.get(&partition) {
                     progress[i].2 = true;
                 }
             }

@@ -6,10 +6,10 @@ pub mod tools;
 
 use cx_sentinel::codec::Format;
 use cx_sentinel::config::Config;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,14 +210,8 @@ pub fn normalize(alerts: &mut [Value]) {
 }
 
 pub fn producer(brokers: &str) -> FutureProducer {
-    // One record per batch: tansu 0.6 cannot serve a fetch that starts inside a record batch
-    // (it answers from the next batch, or not at all for the last one), and the service
-    // resumes at committed offsets that may fall anywhere. Every offset a batch boundary keeps
-    // the tests about our code, not about that broker bug (see README, Tests).
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
         .create()
         .unwrap()
 }
@@ -245,16 +239,37 @@ pub async fn produce(brokers: &str, topic: &str, records: &[(String, Vec<u8>)]) 
     }
 }
 
+/// A consumer of every partition of `topic` from the beginning, assigned by hand: no group, so
+/// no join. (tansu 510f3e2 holds every JoinGroup for half the member's session timeout to gather
+/// members: 22.5 s with librdkafka's default 45 s session, for each reader of each test.) `extra`
+/// are further client settings (`isolation.level`, security).
+pub fn reader(brokers: &str, topic: &str, extra: &[(&str, &str)]) -> StreamConsumer {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false");
+    for (k, v) in extra {
+        cc.set(*k, *v);
+    }
+    let c: StreamConsumer = cc.create().unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata of the topic to read");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    assert!(tpl.count() > 0, "topic {topic} has no partitions");
+    c.assign(&tpl).unwrap();
+    c
+}
+
 /// Reads `topic` from the beginning until `count` records arrived or `timeout` passed.
 pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<OwnedMessage> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    let c = reader(brokers, topic, &[]);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < count {
@@ -372,12 +387,27 @@ pub fn keyed(lines: &[String]) -> Vec<(String, Vec<u8>)> {
 
 /// The real binary as a separate process (`run`), configured through environment overrides.
 pub fn spawn(brokers: &str, t: &Topics) -> std::process::Child {
+    spawn_with(brokers, t, &default_config_path(), &[], None)
+}
+
+/// The shipped configuration file.
+pub fn default_config_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")
+}
+
+/// [`spawn`] with another configuration file, further `CX_SENTINEL__...` overrides, and its log
+/// (warnings and errors unless `CX_TEST_CHILD_LOG` says otherwise) in `log` if given.
+pub fn spawn_with(
+    brokers: &str,
+    t: &Topics,
+    config: &Path,
+    env: &[(&str, &str)],
+    log: Option<&Path>,
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_cx-sentinel"))
-        .args([
-            "run",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
-        ])
+        .arg("run")
+        .arg("--config")
+        .arg(config)
         .env("CX_SENTINEL__KAFKA__BROKERS", brokers)
         .env("CX_SENTINEL__KAFKA__INPUT_TOPIC", &t.input)
         .env("CX_SENTINEL__KAFKA__ALERT_TOPIC", &t.alerts)
@@ -386,16 +416,20 @@ pub fn spawn(brokers: &str, t: &Topics) -> std::process::Child {
         .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
         .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
         .env("CX_SENTINEL__HTTP__LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("CX_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(std::process::Stdio::null())
-        .stderr(match std::env::var("CX_TEST_CHILD_LOG_DIR") {
-            Ok(dir) => std::process::Stdio::from(
+        .stderr(match (log, std::env::var("CX_TEST_CHILD_LOG_DIR")) {
+            (Some(path), _) => {
+                std::process::Stdio::from(std::fs::File::create(path).expect("child log file"))
+            }
+            (None, Ok(dir)) => std::process::Stdio::from(
                 std::fs::File::create(format!("{dir}/{}.log", unique("child"))).expect("child log file"),
             ),
-            Err(_) => std::process::Stdio::inherit(),
+            (None, Err(_)) => std::process::Stdio::inherit(),
         })
         .spawn()
         .expect("starting cx-sentinel")
@@ -430,13 +464,7 @@ pub async fn collect_alerts(
     timeout: Duration,
     done: impl Fn(&ById) -> bool,
 ) -> ById {
-    let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&[topic]).unwrap();
+    let reader = reader(brokers, topic, &[]);
     let mut by_id = ById::new();
     let deadline = Instant::now() + timeout;
     while !done(&by_id) && Instant::now() < deadline {
