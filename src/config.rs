@@ -101,7 +101,7 @@ impl Default for StateConfig {
 }
 
 /// Where to read and write.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port]`.
@@ -113,6 +113,52 @@ pub struct KafkaConfig {
     /// Passed to librdkafka as-is, for both consumer and producer (security.protocol,
     /// sasl.*, ssl.*, fetch sizes, ...). Keys set here win over cx-sentinel's defaults.
     pub librdkafka_options: BTreeMap<String, String>,
+}
+
+/// Whether a librdkafka option carries a secret (passwords, keys, OAuth settings): its value is
+/// never printed.
+pub fn is_secret_option(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "oauthbearer",
+        "ssl.key.pem",
+        "ssl_key",
+        "keystore",
+        "sasl.jaas",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// `Debug` without secrets: `kafka.librdkafka_options` values whose key names a secret print
+/// as `<redacted>` (a config is logged at start and shows up in panics and test output).
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .librdkafka_options
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_option(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("input_topic", &self.input_topic)
+            .field("alert_topic", &self.alert_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("librdkafka_options", &options)
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -152,13 +198,39 @@ pub struct SchemaRegistryConfig {
 pub struct HttpConfig {
     /// Address of `/metrics`, `/health/*` and `/customers/{id}`.
     pub listen: String,
+    /// `/customers/{id}` serves customer data only when this is set, and only to
+    /// `Authorization: Bearer <token>`. Set it through `CX_SENTINEL__HTTP__AUTH_TOKEN` (a secret),
+    /// not in the file. `/metrics` and `/health/*` stay open.
+    pub auth_token: Option<Secret>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:9464".into(),
+            auth_token: None,
         }
+    }
+}
+
+/// A secret string: `Debug` never prints it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -665,20 +737,56 @@ impl Config {
                 format!("'{}' is not an address like 0.0.0.0:9464", self.http.listen),
             ));
         }
-        if self.processing.guarantee == Guarantee::ExactlyOnce {
-            if !self.state.changelog {
+        // The pipeline ticks at this interval (a zero interval panics in the timer).
+        if self.processing.commit_interval.is_zero() {
+            return Err(bad(
+                "processing.commit_interval",
+                "must be longer than zero".into(),
+            ));
+        }
+        // Options the service's guarantees rest on: overriding them would silently break them.
+        let eos = self.processing.guarantee == Guarantee::ExactlyOnce;
+        for key in self.kafka.librdkafka_options.keys() {
+            let why = match key.as_str() {
+                "enable.auto.offset.store" => {
+                    Some("offsets are stored only once a record's alerts are acknowledged")
+                }
+                "enable.idempotence" => {
+                    Some("the producer must be idempotent (no duplicate or reordered alerts on retry)")
+                }
+                "group.id" => Some("set kafka.group_id instead"),
+                "bootstrap.servers" | "metadata.broker.list" => Some("set kafka.brokers instead"),
+                "transactional.id" => {
+                    Some("exactly_once derives one per instance; a shared id fences instances")
+                }
+                "isolation.level" | "enable.auto.commit" if eos => {
+                    Some("exactly_once needs read_committed and offsets committed in the transaction")
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
                 return Err(bad(
-                    "processing.guarantee",
-                    "exactly_once needs state.changelog = true (state must roll back with an aborted transaction)"
-                        .into(),
+                    &format!("kafka.librdkafka_options.\"{key}\""),
+                    format!("cannot be overridden: {why}"),
                 ));
             }
-            if self.processing.commit_interval.is_zero() {
-                return Err(bad(
-                    "processing.commit_interval",
-                    "must be longer than zero".into(),
-                ));
-            }
+        }
+        if eos && !self.state.changelog {
+            return Err(bad(
+                "processing.guarantee",
+                "exactly_once needs state.changelog = true (state must roll back with an aborted transaction)".into(),
+            ));
+        }
+        if self
+            .http
+            .auth_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(bad(
+                "http.auth_token",
+                "must be at least 16 characters (it guards customer data)".into(),
+            ));
         }
         if self.service.shutdown_timeout.is_zero() {
             return Err(bad("service.shutdown_timeout", "must be longer than zero".into()));
@@ -755,6 +863,57 @@ mod tests {
         assert!(e.to_string().contains("engine.allowed_lateness"), "{e}");
         let e = parse("[engine]\nidle_timeout = \"0s\"").unwrap_err();
         assert!(e.to_string().contains("engine.idle_timeout"), "{e}");
+    }
+
+    #[test]
+    fn options_the_guarantees_rest_on_cannot_be_overridden() {
+        for (key, extra) in [
+            ("enable.auto.offset.store", ""),
+            ("enable.idempotence", ""),
+            ("group.id", ""),
+            ("transactional.id", ""),
+            ("isolation.level", "[processing]\nguarantee = \"exactly_once\"\n"),
+        ] {
+            let text = format!("{extra}[kafka.librdkafka_options]\n\"{key}\" = \"x\"\n");
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains("cannot be overridden"),
+                "{key}: {e}"
+            );
+        }
+        // isolation.level is the user's to choose under at-least-once.
+        assert!(parse("[kafka.librdkafka_options]\n\"isolation.level\" = \"read_committed\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_zero_commit_interval_is_rejected_whatever_the_guarantee() {
+        let e = parse("[processing]\ncommit_interval = \"0s\"\n").unwrap_err();
+        assert!(e.to_string().contains("processing.commit_interval"), "{e}");
+    }
+
+    #[test]
+    fn the_customer_token_is_checked_and_never_printed() {
+        assert!(parse("[http]\nauth_token = \"short\"\n").is_err());
+        let c = parse("[http]\nauth_token = \"0123456789abcdef-token\"\n").unwrap();
+        assert_eq!(
+            c.http.auth_token.as_ref().map(Secret::expose),
+            Some("0123456789abcdef-token")
+        );
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret_option() {
+        let c = parse(
+            "[kafka.librdkafka_options]\n\"sasl.password\" = \"hunter2-secret\"\n\"sasl.username\" = \"cx\"\n\"ssl.key.password\" = \"k3y\"\n",
+        )
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("hunter2") && !text.contains("k3y"), "{text}");
+        assert!(
+            text.contains("<redacted>") && text.contains("sasl.username"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -166,10 +166,17 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let dead_letter_task = tokio::spawn(count_dead_letters(config.clone(), stats.clone(), stop_rx));
+    // Customer data needs a bearer token: the demo makes one for this run unless one is set.
+    let token = config
+        .http
+        .auth_token
+        .get_or_insert_with(|| crate::config::Secret::new(format!("demo-{:016x}", demo_token_seed())))
+        .expose()
+        .to_string();
     let http = config.http.listen.clone();
     let result = service::run(config, shutdown, move |addr| {
         eprintln!(
-            "demo: metrics at http://{addr}/metrics (configured {http}), customers at /customers/{{id}}"
+            "demo: metrics at http://{addr}/metrics (configured {http}); a customer: curl -H 'Authorization: Bearer {token}' http://{addr}/customers/<id>"
         );
     })
     .await;
@@ -366,6 +373,15 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A per-run value for the demo's token: the clock's nanoseconds mixed with the process id.
+fn demo_token_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
 }
 
 #[cfg(test)]

@@ -298,7 +298,9 @@ async fn graceful_shutdown_commits_offsets_so_a_restart_reprocesses_nothing() {
 async fn metrics_health_and_customer_endpoints() {
     let Some(brokers) = brokers() else { return };
     let t = topics(&brokers, 2).await;
-    let config = config(&brokers, &t, Format::Json, Format::Json);
+    let mut config = config(&brokers, &t, Format::Json, Format::Json);
+    // The shipped config serves no customer data; this test is about that endpoint too.
+    config.http.auth_token = Some(cx_sentinel::config::Secret::new(TEST_TOKEN));
     let svc = start(config).await;
     assert_eq!(svc.get("/health/live").await.0, 200);
     svc.wait_ready(WAIT).await;
@@ -345,13 +347,33 @@ async fn metrics_health_and_customer_endpoints() {
     assert!(text.contains("cx_sentinel_end_to_end_latency_seconds_bucket"));
     assert!(text.contains("cx_sentinel_processing_duration_seconds_count"));
 
-    let (status, body) = svc.get("/customers/cust-vip-99").await;
+    // Customer data needs the token: none, a wrong one, then the right one.
+    assert_eq!(svc.get("/customers/cust-vip-99").await.0, 401);
+    let wrong = "Authorization: Bearer test-token-0123456789abcdeX\r\n";
+    let (status, body) = http_get_with(svc.addr, "/customers/cust-vip-99", wrong).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("vip"), "{body}");
+    let (status, body) = svc.get_customer("cust-vip-99").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["customer_tier"], "vip");
     assert_eq!(v["open_cases"][0]["rule"], "critical_negative");
     assert!(!body.contains("4111111111111111"));
-    assert_eq!(svc.get("/customers/nobody").await.0, 404);
+    assert_eq!(svc.get_customer("nobody").await.0, 404);
+    svc.stop().await.unwrap();
+}
+
+/// With the shipped config (no `http.auth_token`) customer data is not served at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_data_is_off_without_a_token() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let svc = start(config(&brokers, &t, Format::Json, Format::Json)).await;
+    let (status, body) = svc.get_customer("anyone").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("http.auth_token"), "{body}");
+    assert_eq!(svc.get("/health/live").await.0, 200);
+    assert_eq!(svc.get("/metrics").await.0, 200);
     svc.stop().await.unwrap();
 }
 

@@ -28,7 +28,9 @@ async fn consumed(svc: &Running) -> f64 {
 async fn restart_restores_state_and_matches_one_uninterrupted_run() {
     let Some(brokers) = brokers() else { return };
     let t = topics(&brokers, 3).await;
-    let config = config(&brokers, &t, Format::Json, Format::Json);
+    let mut config = config(&brokers, &t, Format::Json, Format::Json);
+    // The restored state is read through `/customers/{id}`, off in the shipped config.
+    config.http.auth_token = Some(cx_sentinel::config::Secret::new(TEST_TOKEN));
     // 20 customers each call 3 times before the restart and once after: only restored state
     // can tell that the 4th call is high effort.
     let customers: Vec<String> = (0..20).map(|c| format!("cust-{c}")).collect();
@@ -59,7 +61,7 @@ async fn restart_restores_state_and_matches_one_uninterrupted_run() {
 
     let svc = start(config).await;
     svc.wait_ready(Duration::from_secs(60)).await;
-    let (_, view) = svc.get("/customers/cust-7").await;
+    let (_, view) = svc.get_customer("cust-7").await;
     let view: serde_json::Value = serde_json::from_str(&view).unwrap();
     assert_eq!(
         view["recent_touchpoints"].as_array().map(Vec::len),

@@ -34,7 +34,13 @@ fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => out.extend_from_slice(&NONE.to_le_bytes()),
         Some(s) => {
-            let s = &s[..s.len().min(NONE as usize - 1)];
+            // Cut to what a u16 length can say, at a character boundary: slicing inside a
+            // multi-byte character would panic (a customer tier of 65 KB of three-byte characters).
+            let mut end = s.len().min(NONE as usize - 1);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            let s = &s[..end];
             out.extend_from_slice(&(s.len() as u16).to_le_bytes());
             out.extend_from_slice(s.as_bytes());
         }
@@ -350,6 +356,17 @@ mod tests {
             agent_id: None,
             attributes: Default::default(),
         }
+    }
+
+    #[test]
+    fn an_overlong_string_is_cut_at_a_character_boundary() {
+        let long = "€".repeat(30_000); // 90,000 bytes of three-byte characters
+        let mut out = Vec::new();
+        super::put_str(&mut out, Some(&long));
+        let len = usize::from(u16::from_le_bytes([out[0], out[1]]));
+        assert!(len <= 65_534 && len % 3 == 0, "{len}");
+        let text = std::str::from_utf8(&out[2..]).expect("valid UTF-8");
+        assert_eq!(text.len(), len);
     }
 
     #[test]

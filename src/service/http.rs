@@ -1,9 +1,9 @@
-//! HTTP: `/metrics`, `/health/live`, `/health/ready`, `/customers/{id}`.
+//! HTTP: `/metrics`, `/health/live`, `/health/ready` (open), `/customers/{id}` (bearer token).
 
 use super::Shared;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::future::Future;
@@ -55,7 +55,36 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
     health(s.ready())
 }
 
-async fn customer(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+/// Equal in time whatever the bytes (the length is not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_error(status: StatusCode, text: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": text }))).into_response()
+}
+
+/// A customer's journey, tier and cases are customer data: served only to the bearer of
+/// `http.auth_token`, and not at all without one.
+async fn customer(State(s): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let Some(token) = s.customer_token() else {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "customer data is off: set http.auth_token (env CX_SENTINEL__HTTP__AUTH_TOKEN) and send it as a Bearer token",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        let mut r = json_error(StatusCode::UNAUTHORIZED, "a valid Bearer token is required");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
     match s.customer(&id) {
         Some(view) => axum::Json(view).into_response(),
         None => (
@@ -65,5 +94,18 @@ async fn customer(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
             })),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcdeF"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcde"));
+        assert!(!constant_time_eq(b"", b"x"));
     }
 }

@@ -53,6 +53,8 @@ pub struct Shared {
     pub(crate) customers: std::sync::atomic::AtomicUsize,
     /// When the state-bytes gauge was last computed (it walks every customer).
     state_bytes_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// `http.auth_token`: `/customers/{id}` answers only to it; off when `None`.
+    customer_token: Option<crate::config::Secret>,
 }
 
 /// The state-bytes gauge walks every customer, holding each map shard's lock in turn: at most
@@ -67,7 +69,18 @@ impl Shared {
             running: AtomicBool::new(true),
             customers: std::sync::atomic::AtomicUsize::new(0),
             state_bytes_at: parking_lot::Mutex::new(None),
+            customer_token: None,
         }
+    }
+
+    /// Serves `/customers/{id}` to requests bearing `token` (without one it is off).
+    pub fn with_customer_token(mut self, token: Option<crate::config::Secret>) -> Self {
+        self.customer_token = token;
+        self
+    }
+
+    pub(crate) fn customer_token(&self) -> Option<&str> {
+        self.customer_token.as_ref().map(crate::config::Secret::expose)
     }
 
     /// Ready once at least one partition is assigned and its state is in place.
@@ -134,7 +147,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listen: impl FnOnce(std::net::SocketAddr) + Send,
 ) -> Result<(), ServiceError> {
-    let shared = Arc::new(Shared::new(Metrics::new()));
+    let shared = Arc::new(Shared::new(Metrics::new()).with_customer_token(config.http.auth_token.clone()));
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .map_err(|source| ServiceError::Http {

@@ -88,6 +88,10 @@ pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
     t
 }
 
+/// `http.auth_token` of the tests that read `/customers/{id}`: the shipped config has none, so
+/// the endpoint is off (403) unless a deployment sets one.
+pub const TEST_TOKEN: &str = "test-token-0123456789abcdef";
+
 /// The event time broker tests' touchpoints start at: three hours ago, to the minute. Live, the
 /// service checks event time against the record's timestamp (max clock skew) and idle partitions
 /// fire timers by the wall clock, so test data lives near now, as real traffic does: the 4 h SLA
@@ -342,6 +346,12 @@ impl Running {
         http_get(self.addr, path).await
     }
 
+    /// A GET bearing [`TEST_TOKEN`] (`/customers/{id}` answers only to it).
+    pub async fn get_customer(&self, id: &str) -> (u16, String) {
+        let auth = format!("Authorization: Bearer {TEST_TOKEN}\r\n");
+        http_get_with(self.addr, &format!("/customers/{id}"), &auth).await
+    }
+
     /// Waits until `/health/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -356,9 +366,14 @@ impl Running {
 }
 
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, "").await
+}
+
+/// A GET with extra header lines (each ending in `\r\n`).
+pub async fn http_get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n").as_bytes())
         .await
         .unwrap();
     let mut resp = String::new();
