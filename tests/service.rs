@@ -363,6 +363,43 @@ async fn metrics_health_and_customer_endpoints() {
     svc.stop().await.unwrap();
 }
 
+/// A record whose sensitive attribute is malformed (an SSN sent as a number) is dead-lettered
+/// with an error that names the problem, not the value: no header of the dead letter and nothing
+/// on `/metrics` carries it (the payload is kept unchanged, by design, for replays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_sensitive_value_leaves_no_trace_in_headers_or_metrics() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let svc = start(config(&brokers, &t, Format::Json, Format::Json)).await;
+    let mut v: serde_json::Value = serde_json::from_str(&recent_line(
+        "ssn",
+        "c-ssn",
+        60_000,
+        "payment.transfer",
+        "FAILURE",
+    ))
+    .unwrap();
+    v["attributes"] = serde_json::json!({"ssn": 987654321});
+    produce(&brokers, &t.input, &keyed(&[v.to_string()])).await;
+    let dlq = consume(&brokers, &t.dlq, 1, WAIT).await;
+    let headers = dlq[0].headers().expect("dead letters carry headers");
+    let mut error = String::new();
+    for h in headers.iter() {
+        let value = String::from_utf8_lossy(h.value.unwrap_or_default()).to_string();
+        assert!(
+            !value.contains("987654321"),
+            "header {} carries the value: {value}",
+            h.key
+        );
+        if h.key == "cx.error" {
+            error = value;
+        }
+    }
+    assert!(error.contains("invalid type"), "{error}");
+    assert!(!svc.get("/metrics").await.1.contains("987654321"));
+    svc.stop().await.unwrap();
+}
+
 /// With the shipped config (no `http.auth_token`) customer data is not served at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_data_is_off_without_a_token() {

@@ -161,7 +161,7 @@ pub fn read_touchpoint_value(
     limit_allocations();
     let mut reader = datum;
     let value = apache_avro::from_avro_datum(writer, &mut reader, resolve.then(touchpoint_schema))
-        .map_err(|e| DecodeError::Avro(e.to_string()))?;
+        .map_err(|e| generic_error(&e))?;
     if !reader.is_empty() {
         return Err(DecodeError::Avro(format!(
             "{} trailing bytes after the datum",
@@ -765,10 +765,25 @@ pub fn read_container<R: std::io::Read>(
     limit_allocations();
     let reader =
         apache_avro::Reader::with_schema(touchpoint_schema(), input).map_err(|e| avro_err(e.to_string()))?;
-    Ok(reader.map(|r| {
-        r.map_err(|e| avro_err(e.to_string()))
-            .and_then(touchpoint_from_value)
-    }))
+    Ok(reader.map(|r| r.map_err(|e| generic_error(&e)).and_then(touchpoint_from_value)))
+}
+
+/// apache-avro's error as its kind alone: its messages print the `Value`s involved, which can be
+/// a customer's (an attribute's text, an id).
+fn generic_error(e: &apache_avro::Error) -> DecodeError {
+    match e.details() {
+        // Sizes, not data: worth keeping.
+        apache_avro::error::Details::MemoryAllocation { desired, maximum } => DecodeError::Avro(format!(
+            "a length of {desired} bytes is over the {maximum}-byte allocation cap"
+        )),
+        details => {
+            let debug = format!("{details:?}");
+            let kind: String = debug.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            DecodeError::Avro(format!(
+                "the datum does not decode with its writer schema ({kind})"
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,33 @@ impl DecodeError {
     }
 }
 
+/// An outside parser's message with every value it quotes taken out: serde_json puts the
+/// offending value in backticks (`invalid type: integer \`123456789\``), which could be a
+/// customer's. Errors name the field and the problem, never a value (they reach logs and the
+/// dead letter's `cx.error` header).
+/// Field names it quotes (`missing field \`customer_id\``) stay: they are ours, not the sender's.
+pub(crate) fn without_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(open) = rest.find('`') {
+        let (before, after) = rest.split_at(open);
+        out.push_str(before);
+        let Some(close) = after[1..].find('`') else {
+            out.push_str("`…");
+            return out;
+        };
+        let quoted = &after[..close + 2];
+        if before.ends_with("field ") {
+            out.push_str(quoted);
+        } else {
+            out.push_str("`…`");
+        }
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Longest id or name we accept; longer ones are far more likely garbage than data.
 pub const MAX_ID_BYTES: usize = 512;
 /// 9999-12-31T23:59:59.999Z: later event times are not plausible.
@@ -100,4 +127,26 @@ pub fn validate(mut tp: Touchpoint, is_sensitive: &dyn Fn(&str) -> bool) -> Resu
     }
     tp.attributes.retain(|k, _| !is_sensitive(k));
     Ok(tp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_values;
+
+    #[test]
+    fn quoted_values_go_and_field_names_stay() {
+        assert_eq!(
+            without_values("invalid type: integer `123456789`, expected a string at line 1 column 9"),
+            "invalid type: integer `…`, expected a string at line 1 column 9"
+        );
+        assert_eq!(
+            without_values("missing field `customer_id`"),
+            "missing field `customer_id`"
+        );
+        assert_eq!(
+            without_values("unknown variant `FAX`, expected one of `WEB`"),
+            "unknown variant `…`, expected one of `…`"
+        );
+        assert_eq!(without_values("dangling `4111"), "dangling `…");
+    }
 }
