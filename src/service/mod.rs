@@ -10,6 +10,7 @@
 //! again after a crash yields alerts with the same `alert_id`.
 
 pub mod codecs;
+pub mod events;
 pub mod http;
 pub mod kafka;
 mod pipeline;

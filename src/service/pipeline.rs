@@ -303,6 +303,8 @@ struct Pipeline {
     /// exactly_once: a delivery in the open transaction failed; it must abort.
     txn_failed: bool,
     next_epoch: u64,
+    /// Counts and logs dead letters, one line per reason per window.
+    dead_letters: super::events::DeadLetters,
 }
 
 pub(super) async fn run(
@@ -369,6 +371,7 @@ pub(super) async fn run(
         dirty: false,
         txn_failed: false,
         next_epoch: 0,
+        dead_letters: super::events::DeadLetters::default(),
     };
     if p.config.processing.guarantee == crate::config::Guarantee::ExactlyOnce {
         p.eos = true;
@@ -402,6 +405,7 @@ pub(super) async fn run(
             _ = gauges.tick() => {
                 p.clock = WallClock::new();
                 p.shared.refresh_state_gauges();
+                p.dead_letters.flush(Instant::now());
             }
             _ = idle.tick() => p.tick_idle().await,
             _ = commits.tick(), if ticking => {
@@ -838,13 +842,9 @@ impl Pipeline {
     }
 
     async fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, class: &'static str, error: &str) {
-        tracing::warn!(
-            partition = msg.partition(),
-            offset = msg.offset(),
-            reason = class,
-            error,
-            "record dead-lettered"
-        );
+        let (metrics, now) = (&self.shared.metrics, Instant::now());
+        self.dead_letters
+            .emit(metrics, now, msg.partition(), msg.offset(), class, error);
         let mut headers = OwnedHeaders::new();
         if let Some(h) = msg.headers() {
             for header in h.iter() {
@@ -877,7 +877,6 @@ impl Pipeline {
                 key: "cx.source.offset",
                 value: Some(offset.as_str()),
             });
-        self.shared.metrics.dead_letters.with_label_values(&[class]).inc();
         let out = Out {
             key: msg.key().unwrap_or_default(),
             payload: msg.payload(),
