@@ -547,6 +547,12 @@ impl Pipeline {
                         );
                     }
                     self.shared.set_engine(partition, None);
+                    // Its lag is another instance's to report now (a stale series would alert).
+                    let _ = self
+                        .shared
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[&partition.to_string()]);
                 }
             }
         }
