@@ -239,3 +239,36 @@ async fn collect_committed(
     }
     alerts(Format::Json, &got)
 }
+
+/// exactly_once on a quiet partition: an SLA escalation fired by the idle clock goes into the open
+/// transaction, which commits on the next tick although no record arrives after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sla_escalation_is_committed_under_exactly_once() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let mut config = config(&brokers, &t, Format::Json, Format::Json);
+    // The subject of the test (the shipped guarantee is at_least_once).
+    config.processing.guarantee = Guarantee::ExactlyOnce;
+    let sla = config.engine.case_sla.as_millis() as i64;
+    let svc = start(config).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Opened 4 h minus 3 s ago: its SLA falls due 3 s from now, and nothing follows it.
+    let line = serde_json::json!({
+        "event_id": "quiet-1", "customer_id": "c-quiet", "occurred_at": now - sla + 3_000,
+        "channel": "WEB", "kind": "INTERACTION", "direction": "INBOUND", "journey": "billing",
+        "touchpoint": "payment.transfer", "outcome": "FAILURE"
+    })
+    .to_string();
+    produce(&brokers, &t.input, &keyed(&[line])).await;
+    let got = committed_alerts(&brokers, &t.alerts, 2).await;
+    let statuses: Vec<&str> = got.iter().map(|a| a["status"].as_str().unwrap()).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        statuses.contains(&"OPEN") && statuses.contains(&"ESCALATED"),
+        "{statuses:?}"
+    );
+    svc.stop().await.unwrap();
+}

@@ -677,6 +677,9 @@ impl Pipeline {
                 part.stream.tick(now, &mut effects);
                 (!effects.is_empty() && self.config.state.changelog).then(|| part.open_batch(started))
             };
+            // exactly_once: the open transaction now holds these alerts and must commit on the
+            // next tick even if no record arrives.
+            self.dirty |= !effects.is_empty();
             for effect in effects.drain(..) {
                 self.apply_effect(partition, None, effect, batch).await;
             }
