@@ -756,9 +756,10 @@ impl Config {
                 }
                 "group.id" => Some("set kafka.group_id instead"),
                 "bootstrap.servers" | "metadata.broker.list" => Some("set kafka.brokers instead"),
-                "transactional.id" => {
-                    Some("exactly_once derives one per instance; a shared id fences instances")
-                }
+                // Under exactly_once an id stable per instance is the user's to give (a restart
+                // then aborts its predecessor's open transaction at once); without transactions
+                // it would make every send fail.
+                "transactional.id" if !eos => Some("only exactly_once uses transactions"),
                 "isolation.level" | "enable.auto.commit" if eos => {
                     Some("exactly_once needs read_committed and offsets committed in the transaction")
                 }
@@ -873,6 +874,10 @@ mod tests {
             ("group.id", ""),
             ("transactional.id", ""),
             ("isolation.level", "[processing]\nguarantee = \"exactly_once\"\n"),
+            (
+                "enable.auto.commit",
+                "[processing]\nguarantee = \"exactly_once\"\n",
+            ),
         ] {
             let text = format!("{extra}[kafka.librdkafka_options]\n\"{key}\" = \"x\"\n");
             let e = parse(&text).unwrap_err().to_string();
@@ -881,8 +886,11 @@ mod tests {
                 "{key}: {e}"
             );
         }
-        // isolation.level is the user's to choose under at-least-once.
+        // isolation.level is the user's to choose under at-least-once, a per-instance
+        // transactional.id under exactly-once.
         assert!(parse("[kafka.librdkafka_options]\n\"isolation.level\" = \"read_committed\"\n").is_ok());
+        let eos_id = "[processing]\nguarantee = \"exactly_once\"\n[kafka.librdkafka_options]\n\"transactional.id\" = \"cx-1\"\n";
+        assert!(parse(eos_id).is_ok());
     }
 
     #[test]
