@@ -113,7 +113,8 @@ pub fn replay(
                 }
                 handle(
                     n,
-                    json::decode_touchpoint(line, &sensitive),
+                    crate::codec::check_record_size(line)
+                        .and_then(|()| json::decode_touchpoint(line, &sensitive)),
                     &mut stream,
                     &mut summary,
                     "line",

@@ -400,6 +400,39 @@ async fn a_malformed_sensitive_value_leaves_no_trace_in_headers_or_metrics() {
     svc.stop().await.unwrap();
 }
 
+/// Oversized input (a 210 KB tier of three-byte characters; a 70 KB record) is one dead letter
+/// each with reason `too_large`, and the partition moves on to the next record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_input_is_dead_lettered_as_too_large() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let svc = start(config(&brokers, &t, Format::Json, Format::Json)).await;
+    let mut tier: serde_json::Value =
+        serde_json::from_str(&recent_line("big-tier", "c-1", 60_000, "faq.view", "SUCCESS")).unwrap();
+    tier["customer_tier"] = serde_json::Value::from("€".repeat(70_000));
+    let mut record: serde_json::Value =
+        serde_json::from_str(&recent_line("big-record", "c-2", 60_000, "faq.view", "SUCCESS")).unwrap();
+    record["padding"] = serde_json::Value::from("x".repeat(70_000));
+    let next = recent_line("next", "c-3", 60_000, "payment.transfer", "FAILURE");
+    produce(
+        &brokers,
+        &t.input,
+        &keyed(&[tier.to_string(), record.to_string(), next]),
+    )
+    .await;
+    let dlq = consume(&brokers, &t.dlq, 2, WAIT).await;
+    for m in &dlq {
+        let class = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "cx.error.class").and_then(|h| h.value))
+            .map(|v| String::from_utf8_lossy(v).to_string());
+        assert_eq!(class.as_deref(), Some("too_large"));
+    }
+    let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 1, WAIT).await);
+    assert_eq!(got[0]["customer_id"], "c-3");
+    svc.stop().await.unwrap();
+}
+
 /// With the shipped config (no `http.auth_token`) customer data is not served at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_data_is_off_without_a_token() {

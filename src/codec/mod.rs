@@ -44,6 +44,13 @@ pub enum DecodeError {
     UnknownSchema(u32),
     #[error("field `{field}`: {problem}")]
     Invalid { field: &'static str, problem: String },
+    /// Over a size bound (a string, the attribute map, or the whole record).
+    #[error("{what}: {size} bytes is over the {limit}-byte limit")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
 }
 
 impl DecodeError {
@@ -55,6 +62,7 @@ impl DecodeError {
             DecodeError::Framing(_) => "framing",
             DecodeError::UnknownSchema(_) => "unknown_schema",
             DecodeError::Invalid { .. } => "validation",
+            DecodeError::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -88,8 +96,33 @@ pub(crate) fn without_values(msg: &str) -> String {
 
 /// Longest id or name we accept; longer ones are far more likely garbage than data.
 pub const MAX_ID_BYTES: usize = 512;
+/// Longest tier name; tiers are a handful of short labels.
+pub const MAX_TIER_BYTES: usize = 64;
+/// Longest attribute key and value.
+pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 128;
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1_024;
+/// Most attributes on one touchpoint.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Largest encoded record accepted (checked before decoding).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// A record over [`MAX_RECORD_BYTES`] is refused before it is decoded.
+pub fn check_record_size(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(DecodeError::TooLarge {
+            what: "record",
+            size: bytes.len(),
+            limit: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(())
+}
 /// 9999-12-31T23:59:59.999Z: later event times are not plausible.
 const MAX_EVENT_TIME: i64 = 253_402_300_799_999;
+
+fn too_large(what: &'static str, size: usize, limit: usize) -> DecodeError {
+    DecodeError::TooLarge { what, size, limit }
+}
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> DecodeError {
     DecodeError::Invalid {
@@ -111,7 +144,36 @@ pub fn validate(mut tp: Touchpoint, is_sensitive: &dyn Fn(&str) -> bool) -> Resu
             return Err(invalid(field, "must not be empty"));
         }
         if value.len() > MAX_ID_BYTES {
-            return Err(invalid(field, format!("longer than {MAX_ID_BYTES} bytes")));
+            return Err(too_large(field, value.len(), MAX_ID_BYTES));
+        }
+    }
+    for (field, value, limit) in [
+        ("customer_tier", &tp.customer_tier, MAX_TIER_BYTES),
+        ("agent_id", &tp.agent_id, MAX_ID_BYTES),
+    ] {
+        if let Some(v) = value
+            && v.len() > limit
+        {
+            return Err(too_large(field, v.len(), limit));
+        }
+    }
+    if tp.attributes.len() > MAX_ATTRIBUTES {
+        return Err(DecodeError::TooLarge {
+            what: "attributes (entries)",
+            size: tp.attributes.len(),
+            limit: MAX_ATTRIBUTES,
+        });
+    }
+    for (k, v) in &tp.attributes {
+        if k.len() > MAX_ATTRIBUTE_KEY_BYTES {
+            return Err(too_large("attributes (a key)", k.len(), MAX_ATTRIBUTE_KEY_BYTES));
+        }
+        if v.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Err(too_large(
+                "attributes (a value)",
+                v.len(),
+                MAX_ATTRIBUTE_VALUE_BYTES,
+            ));
         }
     }
     if !(0..=MAX_EVENT_TIME).contains(&tp.occurred_at) {
@@ -132,6 +194,60 @@ pub fn validate(mut tp: Touchpoint, is_sensitive: &dyn Fn(&str) -> bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::without_values;
+
+    #[test]
+    fn every_string_and_the_record_are_bounded() {
+        use super::*;
+        use crate::model::{Channel, Direction, Outcome, TouchpointKind};
+        let tp = || Touchpoint {
+            event_id: "e".into(),
+            customer_id: "c".into(),
+            occurred_at: 0,
+            channel: Channel::Web,
+            kind: TouchpointKind::Interaction,
+            direction: Direction::Inbound,
+            journey: "j".into(),
+            touchpoint: "t".into(),
+            outcome: Outcome::Success,
+            sentiment: None,
+            customer_tier: None,
+            agent_id: None,
+            attributes: Default::default(),
+        };
+        let none = |_: &str| false;
+        assert!(validate(tp(), &none).is_ok());
+        // A 210 KB tier of three-byte characters (the record) is refused, not stored.
+        let mut t = tp();
+        t.customer_tier = Some("€".repeat(70_000));
+        let e = validate(t, &none).unwrap_err();
+        assert_eq!(e.class(), "too_large");
+        assert_eq!(
+            e.to_string(),
+            "customer_tier: 210000 bytes is over the 64-byte limit"
+        );
+        let mut t = tp();
+        t.agent_id = Some("a".repeat(513));
+        assert_eq!(validate(t, &none).unwrap_err().class(), "too_large");
+        let mut t = tp();
+        t.attributes.insert("k".repeat(129), "v".into());
+        assert_eq!(validate(t, &none).unwrap_err().class(), "too_large");
+        let mut t = tp();
+        t.attributes.insert("k".into(), "v".repeat(1_025));
+        assert_eq!(validate(t, &none).unwrap_err().class(), "too_large");
+        let mut t = tp();
+        t.attributes = (0..65).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        assert_eq!(validate(t, &none).unwrap_err().class(), "too_large");
+        let mut t = tp();
+        t.event_id = "e".repeat(513);
+        assert_eq!(validate(t, &none).unwrap_err().class(), "too_large");
+        assert!(check_record_size(&vec![b' '; MAX_RECORD_BYTES]).is_ok());
+        assert_eq!(
+            check_record_size(&vec![b' '; MAX_RECORD_BYTES + 1])
+                .unwrap_err()
+                .class(),
+            "too_large"
+        );
+    }
 
     #[test]
     fn quoted_values_go_and_field_names_stay() {

@@ -122,6 +122,7 @@ impl InputDecoder {
         payload: &[u8],
         is_sensitive: &dyn Fn(&str) -> bool,
     ) -> Result<Touchpoint, InputError> {
+        crate::codec::check_record_size(payload)?;
         match self.format {
             Format::Json => Ok(json::decode_touchpoint(payload, is_sensitive)?),
             // Bare datums are written with the configured schema, which is ours.
