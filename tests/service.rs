@@ -13,6 +13,12 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A record header's value as text, if the record has that header.
+fn header(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    let h = m.headers()?.iter().find(|h| h.key == key)?;
+    Some(String::from_utf8_lossy(h.value?).into_owned())
+}
+
 fn encode_lines(lines: &[String], format: Format) -> Vec<(String, Vec<u8>)> {
     keyed(lines)
         .into_iter()
@@ -124,11 +130,7 @@ async fn a_wrong_clock_is_one_dead_letter() {
     )
     .await;
     let dlq = consume(&brokers, &t.dlq, 1, WAIT).await;
-    let class = dlq[0]
-        .headers()
-        .and_then(|h| h.iter().find(|h| h.key == "cx.error.class").and_then(|h| h.value))
-        .map(|v| String::from_utf8_lossy(v).to_string());
-    assert_eq!(class.as_deref(), Some("future"));
+    assert_eq!(header(&dlq[0], "cx.error.class").as_deref(), Some("future"));
     let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 1, WAIT).await);
     assert_eq!(
         got[0]["customer_id"], "c-b",
@@ -191,12 +193,7 @@ async fn poison_pill_is_dead_lettered_and_the_partition_moves_on() {
     let dlq = consume(&brokers, &t.dlq, 2, WAIT).await;
     assert_eq!(dlq.len(), 2);
     let header = |m: &rdkafka::message::OwnedMessage, key: &str| -> String {
-        let h = m.headers().expect("dead letters carry headers");
-        let found = h
-            .iter()
-            .find(|h| h.key == key)
-            .unwrap_or_else(|| panic!("header {key}"));
-        String::from_utf8(found.value.unwrap().to_vec()).unwrap()
+        header(m, key).unwrap_or_else(|| panic!("header {key}"))
     };
     assert_eq!(
         dlq[0].payload().unwrap(),
@@ -422,11 +419,7 @@ async fn oversized_input_is_dead_lettered_as_too_large() {
     .await;
     let dlq = consume(&brokers, &t.dlq, 2, WAIT).await;
     for m in &dlq {
-        let class = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "cx.error.class").and_then(|h| h.value))
-            .map(|v| String::from_utf8_lossy(v).to_string());
-        assert_eq!(class.as_deref(), Some("too_large"));
+        assert_eq!(header(m, "cx.error.class").as_deref(), Some("too_large"));
     }
     let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 1, WAIT).await);
     assert_eq!(got[0]["customer_id"], "c-3");
