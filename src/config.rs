@@ -88,6 +88,11 @@ pub struct StateConfig {
     /// Customers held per instance; beyond it the least recently active customers without an
     /// open case are dropped (metric `cx_sentinel_customers_shed_total`). 0 = no cap.
     pub max_customers: usize,
+    /// A failed restore is tried again with backoff (the instance stays not ready) for this
+    /// long, then the process exits non-zero: processing on partial state would write over the
+    /// good state in the changelog.
+    #[serde(with = "humantime_serde")]
+    pub restore_timeout: Duration,
 }
 
 impl Default for StateConfig {
@@ -96,6 +101,7 @@ impl Default for StateConfig {
             changelog: true,
             changelog_topic: "cx-sentinel-state".into(),
             max_customers: 5_000_000,
+            restore_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -240,12 +246,17 @@ pub struct ServiceConfig {
     /// On SIGTERM/SIGINT: how long to finish in-flight work, flush and commit before giving up.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `/health/live` answers 503 once no record was processed for this long while the consumer
+    /// lag is above zero (a stalled pipeline: an orchestrator restarts it).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             shutdown_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -791,6 +802,12 @@ impl Config {
         }
         if self.service.shutdown_timeout.is_zero() {
             return Err(bad("service.shutdown_timeout", "must be longer than zero".into()));
+        }
+        if self.service.stall_timeout.is_zero() {
+            return Err(bad("service.stall_timeout", "must be longer than zero".into()));
+        }
+        if self.state.restore_timeout.is_zero() {
+            return Err(bad("state.restore_timeout", "must be longer than zero".into()));
         }
         for (i, p) in self.privacy.sensitive_attributes.iter().enumerate() {
             if p.trim().is_empty() {

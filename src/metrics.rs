@@ -27,6 +27,7 @@ pub const CHANGELOG_RECORDS: &str = "cx_sentinel_state_changelog_records_total";
 pub const RESTORED_RECORDS: &str = "cx_sentinel_state_restored_records_total";
 pub const RESTORE_SECONDS: &str = "cx_sentinel_state_restore_duration_seconds";
 pub const SHED: &str = "cx_sentinel_customers_shed_total";
+pub const ALERTS_TRIMMED: &str = "cx_sentinel_alerts_trimmed_total";
 pub const TXN_ABORTS: &str = "cx_sentinel_transaction_aborts_total";
 pub const TXN_COMMITS: &str = "cx_sentinel_transaction_commits_total";
 pub const RESTORING: &str = "cx_sentinel_state_restoring_partitions";
@@ -74,6 +75,8 @@ pub struct Metrics {
     pub txn_commits: IntCounter,
     /// Customers dropped because the instance held `state.max_customers`.
     pub shed: IntCounter,
+    /// Alerts too large for the alert topic, sent again without recent touchpoints and attributes.
+    pub alerts_trimmed: IntCounter,
     pub txn_aborts: IntCounterVec,
 }
 
@@ -244,6 +247,14 @@ impl Metrics {
                 &registry,
                 IntCounter::new(SHED, "Customers dropped at the state.max_customers cap.")
                     .expect("valid metric"),
+            ),
+            alerts_trimmed: reg(
+                &registry,
+                IntCounter::new(
+                    ALERTS_TRIMMED,
+                    "Alerts too large for the alert topic, sent again without recent touchpoints and attributes.",
+                )
+                .expect("valid metric"),
             ),
             txn_commits: reg(
                 &registry,

@@ -5,19 +5,12 @@ mod common;
 
 use common::*;
 use cx_sentinel::codec::{Format, avro};
-use cx_sentinel::model::Touchpoint;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A record header's value as text, if the record has that header.
-fn header(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
-    let h = m.headers()?.iter().find(|h| h.key == key)?;
-    Some(String::from_utf8_lossy(h.value?).into_owned())
-}
 
 fn encode_lines(lines: &[String], format: Format) -> Vec<(String, Vec<u8>)> {
     keyed(lines)
@@ -55,21 +48,6 @@ async fn end_to_end(input: Format, output: Format) {
     let got = alerts(output, &consume(&brokers, &t.alerts, expected.len(), WAIT).await);
     assert_eq!(got, expected);
     svc.stop().await.unwrap();
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// A touchpoint stamped `ago_ms` before now, as a JSON line.
-fn recent_line(id: &str, customer: &str, ago_ms: i64, touchpoint: &str, outcome: &str) -> String {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&tp_line(id, customer, 0, touchpoint, outcome)).unwrap();
-    v["occurred_at"] = serde_json::Value::from(now_ms() - ago_ms);
-    v.to_string()
 }
 
 /// The shipped config (an hour of lateness): one critical touchpoint on an otherwise silent
@@ -154,25 +132,6 @@ async fn end_to_end_confluent_avro_matches_replay() {
     end_to_end(Format::ConfluentAvro, Format::ConfluentAvro).await;
 }
 
-fn tp_line(id: &str, customer: &str, minute: i64, touchpoint: &str, outcome: &str) -> String {
-    let tp = Touchpoint {
-        event_id: id.into(),
-        customer_id: customer.into(),
-        occurred_at: t0() + minute * 60_000,
-        channel: cx_sentinel::model::Channel::Chat,
-        kind: cx_sentinel::model::TouchpointKind::Interaction,
-        direction: cx_sentinel::model::Direction::Inbound,
-        journey: "billing".into(),
-        touchpoint: touchpoint.into(),
-        outcome: cx_sentinel::model::Outcome::parse(outcome).unwrap(),
-        sentiment: None,
-        customer_tier: None,
-        agent_id: None,
-        attributes: Default::default(),
-    };
-    serde_json::to_string(&tp).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_pill_is_dead_lettered_and_the_partition_moves_on() {
     let Some(brokers) = brokers() else { return };
@@ -228,21 +187,6 @@ async fn poison_pill_is_dead_lettered_and_the_partition_moves_on() {
         "{metrics}"
     );
     svc.stop().await.unwrap();
-}
-
-async fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    match got.elements()[0].offset() {
-        Offset::Offset(o) => o,
-        other => panic!("no committed offset: {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

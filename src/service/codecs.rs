@@ -198,6 +198,11 @@ impl OutputEncoder {
         })
     }
 
+    /// An encoder with a known schema id (no registry).
+    pub fn with_schema_id(format: Format, schema_id: u32) -> Self {
+        Self { format, schema_id }
+    }
+
     pub fn encode(&self, alert: &RecoveryAlert, out: &mut Vec<u8>) {
         match self.format {
             Format::Json => json::encode_alert(alert, out),

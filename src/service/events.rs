@@ -1,6 +1,6 @@
 //! Internal events that log and count in one place, rate-limited (vector's internal-event
-//! pattern): a flood of bad records is one line per reason per window with a count, not a line
-//! per record.
+//! pattern): a flood of bad records or failed sends is one line per reason per window with a
+//! count, not a line per record.
 
 use crate::metrics::Metrics;
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// How often each reason is logged in full at most.
 pub const LOG_WINDOW: Duration = Duration::from_secs(10);
 
-/// What [`DeadLetters::emit`] did with the log line.
+/// What an event's `emit` did with the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logged {
     /// Logged in full (the first of its reason in this window).
@@ -26,25 +26,99 @@ struct Window {
     suppressed: u64,
 }
 
-/// Records sent to the dead-letter topic: counted in `cx_sentinel_dead_letters_total{reason}` and
-/// logged, each reason at most once per [`LOG_WINDOW`] in full plus one summary line.
+/// One full line per key per window; the rest are counted and summarised when the window closes.
 #[derive(Debug)]
-pub struct DeadLetters {
+pub struct Throttle {
     window: Duration,
-    by_reason: HashMap<&'static str, Window>,
+    by_key: HashMap<&'static str, Window>,
 }
 
-impl Default for DeadLetters {
+impl Default for Throttle {
     fn default() -> Self {
         Self::new(LOG_WINDOW)
     }
 }
 
-impl DeadLetters {
+impl Throttle {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
-            by_reason: HashMap::new(),
+            by_key: HashMap::new(),
+        }
+    }
+
+    /// Whether the line of `key` at `now` is logged in full; `summary` writes the line for what
+    /// a closed window suppressed (key, count, window).
+    pub fn admit(
+        &mut self,
+        key: &'static str,
+        now: Instant,
+        summary: fn(&'static str, u64, Duration),
+    ) -> Logged {
+        let window = self.window;
+        let w = self.by_key.entry(key).or_insert(Window {
+            started: now,
+            logged: false,
+            suppressed: 0,
+        });
+        if now.duration_since(w.started) >= window {
+            if w.suppressed > 0 {
+                summary(key, w.suppressed, window);
+            }
+            *w = Window {
+                started: now,
+                logged: false,
+                suppressed: 0,
+            };
+        }
+        if w.logged {
+            w.suppressed += 1;
+            return Logged::Suppressed;
+        }
+        w.logged = true;
+        Logged::Full
+    }
+
+    /// Summarises windows that have closed (called on a timer, so a flood that stops is still
+    /// reported); returns (key, count) for each summary line written.
+    pub fn flush(
+        &mut self,
+        now: Instant,
+        summary: fn(&'static str, u64, Duration),
+    ) -> Vec<(&'static str, u64)> {
+        let window = self.window;
+        let mut written = Vec::new();
+        for (key, w) in &mut self.by_key {
+            if now.duration_since(w.started) >= window && w.suppressed > 0 {
+                written.push((*key, w.suppressed));
+                summary(key, w.suppressed, window);
+                w.suppressed = 0;
+            }
+        }
+        written
+    }
+}
+
+/// Records sent to the dead-letter topic: counted in `cx_sentinel_dead_letters_total{reason}` and
+/// logged, each reason at most once per [`LOG_WINDOW`] in full plus one summary line.
+#[derive(Debug, Default)]
+pub struct DeadLetters {
+    throttle: Throttle,
+}
+
+fn dead_letter_summary(reason: &'static str, records: u64, window: Duration) {
+    tracing::warn!(
+        reason,
+        records,
+        window_seconds = window.as_secs(),
+        "more records dead-lettered in the last window (each counted in cx_sentinel_dead_letters_total)"
+    );
+}
+
+impl DeadLetters {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            throttle: Throttle::new(window),
         }
     }
 
@@ -59,50 +133,55 @@ impl DeadLetters {
         error: &str,
     ) -> Logged {
         metrics.dead_letters.with_label_values(&[reason]).inc();
-        let window = self.window;
-        let w = self.by_reason.entry(reason).or_insert(Window {
-            started: now,
-            logged: false,
-            suppressed: 0,
-        });
-        if now.duration_since(w.started) >= window {
-            Self::summarise(reason, w, window);
-            w.started = now;
-            w.logged = false;
+        let logged = self.throttle.admit(reason, now, dead_letter_summary);
+        if logged == Logged::Full {
+            tracing::warn!(partition, offset, reason, error, "record dead-lettered");
         }
-        if w.logged {
-            w.suppressed += 1;
-            return Logged::Suppressed;
-        }
-        w.logged = true;
-        tracing::warn!(partition, offset, reason, error, "record dead-lettered");
-        Logged::Full
+        logged
     }
 
-    /// Summarises windows that have closed (called on a timer, so a flood that stops is still
-    /// reported); returns (reason, records) for each summary line written.
     pub fn flush(&mut self, now: Instant) -> Vec<(&'static str, u64)> {
-        let window = self.window;
-        let mut written = Vec::new();
-        for (reason, w) in &mut self.by_reason {
-            if now.duration_since(w.started) >= window && w.suppressed > 0 {
-                written.push((*reason, w.suppressed));
-                Self::summarise(reason, w, window);
-            }
+        self.throttle.flush(now, dead_letter_summary)
+    }
+}
+
+/// Sends the broker did not acknowledge: counted in `cx_sentinel_produce_errors_total{topic}`
+/// and logged once per outcome per window (a broker outage fails every send in flight).
+#[derive(Debug, Default)]
+pub struct SendFailures {
+    throttle: Throttle,
+}
+
+fn send_failure_summary(outcome: &'static str, sends: u64, window: Duration) {
+    tracing::warn!(
+        outcome,
+        sends,
+        window_seconds = window.as_secs(),
+        "more sends failed in the last window (each counted in cx_sentinel_produce_errors_total)"
+    );
+}
+
+impl SendFailures {
+    /// One failed send to `topic`; `outcome` says what happens to it (`resent`, `trimmed`,
+    /// `stripped`, `aborted`). `error` is the client's error text.
+    pub fn emit(
+        &mut self,
+        metrics: &Metrics,
+        now: Instant,
+        topic: &str,
+        outcome: &'static str,
+        error: &str,
+    ) -> Logged {
+        metrics.produce_errors.with_label_values(&[topic]).inc();
+        let logged = self.throttle.admit(outcome, now, send_failure_summary);
+        if logged == Logged::Full {
+            tracing::warn!(topic, outcome, error, "delivery failed");
         }
-        written
+        logged
     }
 
-    fn summarise(reason: &'static str, w: &mut Window, window: Duration) {
-        if w.suppressed > 0 {
-            tracing::warn!(
-                reason,
-                records = w.suppressed,
-                window_seconds = window.as_secs(),
-                "more records dead-lettered in the last window (each counted in cx_sentinel_dead_letters_total)"
-            );
-            w.suppressed = 0;
-        }
+    pub fn flush(&mut self, now: Instant) -> Vec<(&'static str, u64)> {
+        self.throttle.flush(now, send_failure_summary)
     }
 }
 
@@ -134,6 +213,14 @@ mod tests {
         assert!(d.flush(t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(d.flush(t0 + Duration::from_secs(10)), [("json", 99)]);
         assert!(d.flush(t0 + Duration::from_secs(30)).is_empty());
+        // Another kind of event has windows of its own.
+        let mut f = SendFailures::default();
+        assert_eq!(f.emit(&m, t0, "alerts", "resent", "timed out"), Logged::Full);
+        assert_eq!(
+            f.emit(&m, t0, "alerts", "resent", "timed out"),
+            Logged::Suppressed
+        );
+        assert_eq!(m.produce_errors.with_label_values(&["alerts"]).get(), 2);
         // The next record after the window is logged in full again.
         assert_eq!(
             d.emit(&m, t0 + Duration::from_secs(31), 0, 101, "json", "invalid JSON"),

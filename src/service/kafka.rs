@@ -9,14 +9,14 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::IntoOpaque;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// Partitions gained or lost, reported by the consumer's rebalance callbacks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,11 @@ pub fn producer_config(c: &Config) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        // The output topics are checked at start; one that vanishes is an error to report, never
+        // a topic to create by producing to it, and is reported within 10 s, not 30.
+        .set("allow.auto.create.topics", "false")
+        .set("topic.metadata.propagation.max.ms", "10000");
     if c.processing.guarantee == crate::config::Guarantee::ExactlyOnce {
         // Unique per producer instance: fencing of zombies comes from the consumer group
         // generation (send_offsets_to_transaction with the group metadata, KIP-447).
@@ -104,16 +108,20 @@ fn is_consumer_only(key: &str) -> bool {
         )
 }
 
-/// How long a revoke waits for the producer's queue to drain.
-const REVOKE_FLUSH: Duration = Duration::from_secs(10);
+/// What the consumer's rebalance callback calls on revoke, inside librdkafka's poll, while the
+/// partitions are still assigned: the last chance to store and commit their finished offsets.
+pub trait RevokeHandler: Send + Sync {
+    fn revoked(&self, consumer: &BaseConsumer<SentinelContext>, partitions: &[i32]);
+}
 
-/// The consumer's context: forwards rebalances to the pipeline and lag to the metrics.
+/// The consumer's context: hands revokes to the driver's handler, forwards assignments to the
+/// driver, and lag to the metrics.
 pub struct SentinelContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) input_topic: String,
     pub(crate) events: UnboundedSender<RebalanceEvent>,
-    /// The pipeline's producer, flushed before partitions are given up.
-    pub(crate) producer: Mutex<Option<Arc<SentinelProducer>>>,
+    /// Set once the driver is up.
+    pub(crate) on_revoke: Mutex<Option<Arc<dyn RevokeHandler>>>,
 }
 
 /// The broker's answer to a send, identified by the token it was sent with: one record's, or a
@@ -134,6 +142,11 @@ pub struct Group {
 }
 
 impl Group {
+    /// The token the group is reported as.
+    pub fn token(&self) -> usize {
+        self.token
+    }
+
     /// A group of `records` sends, reported as `token`.
     pub fn new(token: usize, records: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -171,13 +184,39 @@ impl IntoOpaque for Opaque {
 }
 
 /// Tokens keep their top bit free for the tag of [`Opaque`].
-pub const TOKEN_MASK: usize = usize::MAX >> 1;
+pub use crate::service::runtime::TOKEN_MASK;
 
 /// Producer context: forwards delivery reports to the pipeline as [`Delivery`]s. A plain token
 /// per record instead of a future per record (no allocation, no waker per send), and one report
 /// per group of records.
 pub struct DeliveryContext {
-    reports: UnboundedSender<Delivery>,
+    reports: Arc<Reports>,
+}
+
+/// Delivery reports waiting to be settled: filled by the producer's thread, drained by the
+/// driver's loop, or by a revoke inside the consumer's poll (which a channel's single receiver
+/// could not serve).
+#[derive(Default)]
+pub struct Reports {
+    queue: parking_lot::Mutex<Vec<Delivery>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Reports {
+    pub fn push(&self, d: Delivery) {
+        self.queue.lock().push(d);
+        self.ready.notify_one();
+    }
+
+    /// Moves every waiting report to the end of `into`.
+    pub fn take(&self, into: &mut Vec<Delivery>) {
+        into.append(&mut self.queue.lock());
+    }
+
+    /// Resolves once a report was pushed since the last wait (maybe already taken).
+    pub async fn wait(&self) {
+        self.ready.notified().await;
+    }
 }
 
 impl ClientContext for DeliveryContext {}
@@ -209,19 +248,48 @@ impl ProducerContext for DeliveryContext {
                 result: Err((e.clone(), msg.detach(), Some(group))),
             },
         };
-        // The pipeline is gone (shutting down): nobody is left to account for the record.
-        let _ = self.reports.send(delivery);
+        self.reports.push(delivery);
     }
 }
 
 /// The pipeline's producer: librdkafka's queue polled on a thread of its own.
 pub type SentinelProducer = ThreadedProducer<DeliveryContext>;
 
-/// Creates the pipeline's producer and the stream of its delivery reports.
-pub fn create_producer(c: &Config) -> Result<(SentinelProducer, UnboundedReceiver<Delivery>), KafkaError> {
-    let (reports, rx) = tokio::sync::mpsc::unbounded_channel();
-    let producer = producer_config(c).create_with_context(DeliveryContext { reports })?;
-    Ok((producer, rx))
+/// Creates the pipeline's producer and the queue of its delivery reports.
+pub fn create_producer(c: &Config) -> Result<(SentinelProducer, Arc<Reports>), KafkaError> {
+    let reports = Arc::new(Reports::default());
+    let producer = producer_config(c).create_with_context(DeliveryContext {
+        reports: reports.clone(),
+    })?;
+    Ok((producer, reports))
+}
+
+/// How a failed send is handled, from the client's error: a record too large is sent smaller,
+/// what no retry can fix stops the process, anything else is sent again.
+pub fn classify(e: &KafkaError) -> crate::service::runtime::FailureClass {
+    use crate::service::runtime::FailureClass::{Fatal, TooLarge, Transient};
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => TooLarge,
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::UnknownPartition
+            | C::InvalidTopic
+            | C::InvalidRecord
+            | C::PolicyViolation
+            | C::Fatal
+            | C::Fenced
+            | C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::Authentication
+            | C::SaslAuthenticationFailed,
+        ) => Fatal,
+        _ => Transient,
+    }
 }
 
 impl ClientContext for SentinelContext {
@@ -249,7 +317,7 @@ fn partitions(tpl: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
 }
 
 impl ConsumerContext for SentinelContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions(tpl, &self.input_topic);
             tracing::info!(partitions = ?parts, "partitions revoked");
@@ -258,13 +326,9 @@ impl ConsumerContext for SentinelContext {
                 .rebalances
                 .with_label_values(&["revoke"])
                 .inc();
-            // Everything already enqueued (alerts, changelog records) reaches the broker before
-            // the partitions go, so their next owner restores a changelog that has it.
-            let producer = self.producer.lock().ok().and_then(|p| p.clone());
-            if let Some(producer) = producer
-                && let Err(e) = producer.flush(REVOKE_FLUSH)
-            {
-                tracing::warn!(error = %e, "producer not drained before the revoke; the next owner reprocesses");
+            let handler = self.on_revoke.lock().ok().and_then(|h| h.clone());
+            if let Some(handler) = handler {
+                handler.revoked(consumer, &parts);
             }
             let _ = self.events.send(RebalanceEvent::Revoked(parts));
         }

@@ -10,11 +10,14 @@
 //! again after a crash yields alerts with the same `alert_id`.
 
 pub mod codecs;
+mod committer;
+mod driver;
 pub mod events;
 pub mod http;
 pub mod kafka;
-mod pipeline;
 pub mod restore;
+pub mod retry;
+pub mod runtime;
 
 use crate::config::Config;
 use crate::engine::{CustomerView, Engine};
@@ -43,6 +46,12 @@ pub enum ServiceError {
     /// The brokers refused the client's credentials or TLS handshake.
     #[error("{0}")]
     Refused(String),
+    /// A partition's state could not be restored within `state.restore_timeout`.
+    #[error("state restore failed: {0}")]
+    Restore(String),
+    /// An error no retry can fix (an output topic missing or not writable).
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// What the HTTP endpoints read while the pipeline runs.
@@ -56,6 +65,13 @@ pub struct Shared {
     state_bytes_at: parking_lot::Mutex<Option<std::time::Instant>>,
     /// `http.auth_token`: `/customers/{id}` answers only to it; off when `None`.
     customer_token: Option<crate::config::Secret>,
+    /// When the pipeline last processed a record (or started), for liveness.
+    progress_at: parking_lot::Mutex<std::time::Instant>,
+    /// Milliseconds after `started` at which the record in hand was taken; 0 when none is.
+    busy_since: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+    /// `service.stall_timeout`.
+    stall_timeout: std::time::Duration,
 }
 
 /// The state-bytes gauge walks every customer, holding each map shard's lock in turn: at most
@@ -71,7 +87,52 @@ impl Shared {
             customers: std::sync::atomic::AtomicUsize::new(0),
             state_bytes_at: parking_lot::Mutex::new(None),
             customer_token: None,
+            progress_at: parking_lot::Mutex::new(std::time::Instant::now()),
+            busy_since: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            stall_timeout: crate::config::ServiceConfig::default().stall_timeout,
         }
+    }
+
+    /// `/health/live` fails after this long without progress while records wait.
+    pub fn with_stall_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
+    }
+
+    /// The pipeline processed records (called about once a second while it does).
+    pub(crate) fn note_progress(&self, now: std::time::Instant) {
+        *self.progress_at.lock() = now;
+    }
+
+    /// The pipeline took a record at `now` (`None`: it finished it). Two stores per record.
+    pub(crate) fn busy(&self, now: Option<std::time::Instant>) {
+        let ms = now.map_or(0, |t| {
+            t.saturating_duration_since(self.started).as_millis() as u64 + 1
+        });
+        self.busy_since.store(ms, Ordering::Relaxed);
+    }
+
+    /// Records waiting on the assigned partitions, as the consumer last reported.
+    fn lag(&self) -> i64 {
+        prometheus::core::Collector::collect(&self.metrics.consumer_lag)
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
+    }
+
+    /// Whether the pipeline has stalled: one record has been in hand for the stall timeout (a
+    /// registry or broker that does not answer), or records wait and none was processed for it.
+    pub fn stalled(&self, now: std::time::Instant) -> bool {
+        let busy = self.busy_since.load(Ordering::Relaxed);
+        if busy > 0 {
+            let since = self.started + std::time::Duration::from_millis(busy - 1);
+            if now.saturating_duration_since(since) >= self.stall_timeout {
+                return true;
+            }
+        }
+        now.saturating_duration_since(*self.progress_at.lock()) >= self.stall_timeout && self.lag() > 0
     }
 
     /// Serves `/customers/{id}` to requests bearing `token` (without one it is off).
@@ -91,8 +152,9 @@ impl Shared {
             && !self.engines.read().is_empty()
     }
 
+    /// Alive while running and not stalled (`service.stall_timeout`).
     pub fn live(&self) -> bool {
-        self.running.load(Ordering::Relaxed)
+        self.running.load(Ordering::Relaxed) && !self.stalled(std::time::Instant::now())
     }
 
     pub fn customer(&self, id: &str) -> Option<CustomerView> {
@@ -148,7 +210,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listen: impl FnOnce(std::net::SocketAddr) + Send,
 ) -> Result<(), ServiceError> {
-    let shared = Arc::new(Shared::new(Metrics::new()).with_customer_token(config.http.auth_token.clone()));
+    let shared = Arc::new(
+        Shared::new(Metrics::new())
+            .with_customer_token(config.http.auth_token.clone())
+            .with_stall_timeout(config.service.stall_timeout),
+    );
     let listener = tokio::net::TcpListener::bind(&config.http.listen)
         .await
         .map_err(|source| ServiceError::Http {
@@ -169,10 +235,41 @@ pub async fn run(
     let check = config.clone();
     let result = match tokio::task::spawn_blocking(move || kafka::check_connection(&check)).await {
         Ok(Err(e)) => Err(e),
-        _ => pipeline::run(config, shared.clone(), shutdown).await,
+        _ => driver::run(config, shared.clone(), shutdown).await,
     };
     shared.running.store(false, Ordering::Relaxed);
     let _ = stop_http_tx.send(());
     let _ = http.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn liveness_fails_on_a_record_held_too_long_or_on_lag_without_progress() {
+        let shared = Shared::new(Metrics::new()).with_stall_timeout(Duration::from_secs(60));
+        let t = Instant::now();
+        assert!(
+            !shared.stalled(t + Duration::from_secs(600)),
+            "idle with no lag is alive"
+        );
+        shared.busy(Some(t));
+        assert!(!shared.stalled(t + Duration::from_secs(59)));
+        assert!(
+            shared.stalled(t + Duration::from_secs(60)),
+            "one record in hand for the timeout"
+        );
+        shared.busy(None);
+        assert!(!shared.stalled(t + Duration::from_secs(60)));
+        shared.metrics.consumer_lag.with_label_values(&["0"]).set(5);
+        shared.note_progress(t);
+        assert!(!shared.stalled(t + Duration::from_secs(59)));
+        assert!(
+            shared.stalled(t + Duration::from_secs(61)),
+            "lag and no progress for the timeout"
+        );
+    }
 }

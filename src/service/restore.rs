@@ -10,7 +10,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How long a restore may wait for the changelog without progress before giving up.
@@ -18,7 +18,7 @@ const STALL: Duration = Duration::from_secs(30);
 
 /// What a restore returns per partition: each restored customer → the last input offset its
 /// state includes (in the value since snapshot version 2; the `cx.offset` header before).
-pub type RestoredOffsets = HashMap<Arc<str>, i64>;
+pub use super::runtime::RestoredOffsets;
 
 /// Reads changelog partition `partition` from the beginning to its end into `engine`.
 pub fn restore_partition(
@@ -336,6 +336,7 @@ mod tests {
     use super::*;
     use crate::engine::Stream;
     use crate::generator::{Generator, GeneratorConfig};
+    use std::sync::Arc;
 
     #[test]
     fn apply_keeps_the_highest_input_offset_per_restored_customer() {

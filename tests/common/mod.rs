@@ -6,8 +6,9 @@ pub mod tools;
 
 use cx_sentinel::codec::Format;
 use cx_sentinel::config::Config;
+use cx_sentinel::model::Touchpoint;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
@@ -352,6 +353,22 @@ impl Running {
         http_get_with(self.addr, &format!("/customers/{id}"), &auth).await
     }
 
+    /// Waits up to `timeout` for the service to end on its own; its result, or `None` (still
+    /// running, then stopped).
+    pub async fn exited(
+        mut self,
+        timeout: Duration,
+    ) -> Option<Result<(), cx_sentinel::service::ServiceError>> {
+        match tokio::time::timeout(timeout, &mut self.task).await {
+            Ok(result) => Some(result.unwrap()),
+            Err(_) => {
+                let _ = self.stop.take().unwrap().send(());
+                let _ = self.task.await;
+                None
+            }
+        }
+    }
+
     /// Waits until `/health/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -497,4 +514,62 @@ pub async fn collect_alerts(
 /// How many distinct OPEN alerts were read.
 pub fn opens(by_id: &ById) -> usize {
     by_id.values().filter(|v| v[0]["status"] == "OPEN").count()
+}
+
+/// A record header's value as text, if the record has that header.
+pub fn header(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    let h = m.headers()?.iter().find(|h| h.key == key)?;
+    Some(String::from_utf8_lossy(h.value?).into_owned())
+}
+
+/// The wall clock in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A touchpoint stamped `ago_ms` before now, as a JSON line.
+pub fn recent_line(id: &str, customer: &str, ago_ms: i64, touchpoint: &str, outcome: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&tp_line(id, customer, 0, touchpoint, outcome)).unwrap();
+    v["occurred_at"] = serde_json::Value::from(now_ms() - ago_ms);
+    v.to_string()
+}
+
+/// A touchpoint `minute` minutes after [`t0`], as a JSON line.
+pub fn tp_line(id: &str, customer: &str, minute: i64, touchpoint: &str, outcome: &str) -> String {
+    let tp = Touchpoint {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        occurred_at: t0() + minute * 60_000,
+        channel: cx_sentinel::model::Channel::Chat,
+        kind: cx_sentinel::model::TouchpointKind::Interaction,
+        direction: cx_sentinel::model::Direction::Inbound,
+        journey: "billing".into(),
+        touchpoint: touchpoint.into(),
+        outcome: cx_sentinel::model::Outcome::parse(outcome).unwrap(),
+        sentiment: None,
+        customer_tier: None,
+        agent_id: None,
+        attributes: Default::default(),
+    };
+    serde_json::to_string(&tp).unwrap()
+}
+
+/// The offset `group` committed on partition 0 of `topic`.
+pub async fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    match got.elements()[0].offset() {
+        Offset::Offset(o) => o,
+        other => panic!("no committed offset: {other:?}"),
+    }
 }
