@@ -14,6 +14,7 @@ pub mod events;
 pub mod http;
 pub mod kafka;
 mod pipeline;
+pub mod registry;
 pub mod restore;
 
 use crate::config::Config;
@@ -38,8 +39,10 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("schema registry: {0}")]
-    Registry(String),
+    /// Setting up the registry client failed, the alert schema could not be registered, or the
+    /// registry refused our credentials.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     /// The brokers refused the client's credentials or TLS handshake.
     #[error("{0}")]
     Refused(String),

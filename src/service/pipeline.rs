@@ -3,6 +3,7 @@
 
 use super::codecs::{InputDecoder, InputError, OutputEncoder};
 use super::kafka::{self, Delivery, Group, Opaque, RebalanceEvent, SentinelContext, SentinelProducer};
+use super::registry::Backoff;
 use super::restore::RestoredOffsets;
 use super::{ServiceError, Shared};
 use crate::config::Config;
@@ -340,8 +341,14 @@ pub(super) async fn run(
             config.state.changelog_topic, counts[3], k.input_topic, counts[0]
         )));
     }
-    let decoder = InputDecoder::new(&config).map_err(ServiceError::Registry)?;
-    let encoder = OutputEncoder::new(&config).map_err(ServiceError::Registry)?;
+    let decoder = InputDecoder::new(&config)?;
+    // Registering the alert schema may wait out a registry outage (bounded); a stop request ends
+    // the wait.
+    tokio::pin!(shutdown);
+    let encoder = tokio::select! {
+        encoder = OutputEncoder::new(&config) => encoder?,
+        _ = &mut shutdown => return Ok(()),
+    };
     consumer.subscribe(&[k.input_topic.as_str()])?;
     tracing::info!(topic = %k.input_topic, group = %k.group_id, brokers = %k.brokers, "consuming");
 
@@ -386,11 +393,11 @@ pub(super) async fn run(
     // so a deadline on a quiet partition fires within about 1.25 timeouts of passing.
     let mut idle = tokio::time::interval((p.config.engine.idle_timeout / 4).max(Duration::from_millis(10)));
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
     // One stream for the whole loop: each `recv()` would register and unregister a waker slot
     // under the consumer's mutex.
     let mut messages = consumer.stream();
-    loop {
+    let mut fatal = None;
+    'running: loop {
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -428,7 +435,12 @@ pub(super) async fn run(
                         p.rebalance(event);
                     }
                     match next {
-                        Ok(m) => p.process(&m).await,
+                        Ok(m) => {
+                            if let Err(e) = p.process(&m).await {
+                                fatal = Some(e);
+                                break 'running;
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "consumer error");
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -444,7 +456,7 @@ pub(super) async fn run(
         }
     }
     p.shutdown().await;
-    Ok(())
+    fatal.map_or(Ok(()), Err)
 }
 
 impl Pipeline {
@@ -559,7 +571,9 @@ impl Pipeline {
         self.shared.refresh_state_gauges();
     }
 
-    async fn process(&mut self, msg: &BorrowedMessage<'_>) {
+    /// Fails only when the service must stop (the schema registry refused our credentials); the
+    /// record is then left unfinished, so its offset is not committed.
+    async fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), ServiceError> {
         let started = Instant::now();
         self.dirty = true;
         let partition = msg.partition();
@@ -574,6 +588,8 @@ impl Pipeline {
         }
         part.next = part.next.max(offset + 1);
 
+        let mut backoff = Backoff::default();
+        let mut warned: Option<Instant> = None;
         let decoded = loop {
             let engine = self.parts[&partition].engine.clone();
             let sensitive = |k: &str| engine.rules().is_sensitive(k);
@@ -583,13 +599,25 @@ impl Pipeline {
                 ))),
                 Some(payload) => self.decoder.decode(payload, &sensitive),
             };
-            match result {
-                Err(InputError::Retry(e)) => {
-                    tracing::warn!(partition, offset, error = %e, "cannot decode yet; retrying in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                other => break other,
+            // An unresolved schema id costs one registry request, then the record is decoded again.
+            let retry = match result {
+                Err(InputError::Unresolved(id)) => match self.decoder.resolve(id).await {
+                    Ok(()) => continue,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+                Ok(tp) => break Ok(tp),
+            };
+            let InputError::Retry(e) = retry else {
+                break Err(retry);
+            };
+            // The partition waits for the registry; one warning per 10 s at most.
+            let wait = backoff.next();
+            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                warned = Some(Instant::now());
+                tracing::warn!(partition, offset, error = %e, retry_in = ?wait, "cannot decode yet: the schema registry is unavailable");
             }
+            tokio::time::sleep(wait).await;
         };
         match decoded {
             Ok(tp) => {
@@ -609,7 +637,7 @@ impl Pipeline {
                             .metrics
                             .processing_seconds
                             .observe(started.elapsed().as_secs_f64());
-                        return;
+                        return Ok(());
                     }
                 }
                 let mut effects = std::mem::take(&mut self.effects);
@@ -635,10 +663,12 @@ impl Pipeline {
                     }
                 }
             }
+            Err(InputError::Fatal(e)) => return Err(e.into()),
             Err(e) => {
                 let class = match &e {
                     InputError::Data(d) => d.class(),
-                    InputError::Retry(_) => "retry",
+                    // The loop above resolves and retries these; they do not get here.
+                    InputError::Unresolved(_) | InputError::Retry(_) | InputError::Fatal(_) => "retry",
                 };
                 self.shared
                     .metrics
@@ -653,6 +683,7 @@ impl Pipeline {
             .metrics
             .processing_seconds
             .observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Lets every partition's event-time clock follow the wall clock once its input is idle, and
