@@ -191,12 +191,46 @@ pub struct TopicFormat {
 }
 
 /// Optional Confluent-compatible Schema Registry.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchemaRegistryConfig {
-    /// `http://host:port`; when set, input schema ids are looked up there and the alert schema is
-    /// registered under `<alert_topic>-value`.
+    /// `https://host:port` or `http://host:port`; when set, input schema ids are looked up there
+    /// and the alert schema is registered under `<alert_topic>-value`.
     pub url: Option<String>,
+    /// Basic auth user; needs `password`. Excludes `bearer_token`.
+    pub username: Option<String>,
+    /// Basic auth password (a secret: set it through `CX_SENTINEL__SCHEMA_REGISTRY__PASSWORD`).
+    pub password: Option<Secret>,
+    /// Sent as `Authorization: Bearer <token>` (a secret: set it through
+    /// `CX_SENTINEL__SCHEMA_REGISTRY__BEARER_TOKEN`).
+    pub bearer_token: Option<Secret>,
+    /// PEM file of CA certificates trusted for an `https://` registry, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Establishing the connection (TCP and TLS).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// One whole request, connecting included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long an id the registry does not know is remembered as unknown: its records are
+    /// dead-lettered without asking again until then (a schema registered later is picked up).
+    #[serde(with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
+}
+
+impl Default for SchemaRegistryConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password: None,
+            bearer_token: None,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            negative_cache_ttl: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -734,14 +768,7 @@ impl Config {
                     .into(),
             ));
         }
-        if let Some(url) = &self.schema_registry.url
-            && !url.starts_with("http://")
-        {
-            return Err(bad(
-                "schema_registry.url",
-                format!("'{url}' must start with http:// (put TLS termination in front of the registry)"),
-            ));
-        }
+        self.validate_schema_registry(&bad)?;
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad(
                 "http.listen",
@@ -816,6 +843,90 @@ impl Config {
                     "must not be empty".into(),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_schema_registry(&self, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        let r = &self.schema_registry;
+        if let Some(url) = &r.url {
+            let Some(rest) = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
+            else {
+                return Err(bad(
+                    "schema_registry.url",
+                    format!("'{url}' must start with https:// or http://"),
+                ));
+            };
+            let authority = rest.split('/').next().unwrap_or_default();
+            if authority.is_empty() {
+                return Err(bad("schema_registry.url", format!("'{url}' names no host")));
+            }
+            // Credentials in the URL would be printed wherever the URL is (logs, errors); the
+            // URL itself is not echoed here for the same reason.
+            if authority.contains('@') {
+                return Err(bad(
+                    "schema_registry.url",
+                    "must not carry credentials: set schema_registry.username and schema_registry.password"
+                        .into(),
+                ));
+            }
+            if r.ca_file.is_some() && url.starts_with("http://") {
+                return Err(bad(
+                    "schema_registry.ca_file",
+                    "applies to https:// registries only, and schema_registry.url is http://".into(),
+                ));
+            }
+        }
+        match (&r.username, &r.password, &r.bearer_token) {
+            (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {
+                return Err(bad(
+                    "schema_registry.bearer_token",
+                    "set either it or schema_registry.username and schema_registry.password, not both".into(),
+                ));
+            }
+            (Some(u), None, None) if !u.is_empty() => {
+                return Err(bad(
+                    "schema_registry.password",
+                    "must be set with schema_registry.username".into(),
+                ));
+            }
+            (None, Some(_), None) => {
+                return Err(bad(
+                    "schema_registry.username",
+                    "must be set with schema_registry.password".into(),
+                ));
+            }
+            _ => {}
+        }
+        if r.username.as_deref() == Some("") {
+            return Err(bad("schema_registry.username", "must not be empty".into()));
+        }
+        for (key, secret) in [
+            ("schema_registry.password", &r.password),
+            ("schema_registry.bearer_token", &r.bearer_token),
+        ] {
+            if secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+                return Err(bad(key, "must not be empty".into()));
+            }
+        }
+        for (key, d) in [
+            ("schema_registry.connect_timeout", r.connect_timeout),
+            ("schema_registry.timeout", r.timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be longer than zero".into()));
+            }
+        }
+        // Shorter would ask the registry again for nearly every record of an unknown id.
+        if r.negative_cache_ttl < Duration::from_secs(1) {
+            return Err(bad(
+                "schema_registry.negative_cache_ttl",
+                "must be at least 1s".into(),
+            ));
         }
         Ok(())
     }
@@ -997,6 +1108,84 @@ mod tests {
         assert!(err.contains("http.listen"), "{err}");
         let c = parse("[kafka.librdkafka_options]\n\"security.protocol\" = \"SASL_SSL\"\n").unwrap();
         assert_eq!(c.kafka.librdkafka_options["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn schema_registry_keys_are_validated_by_name() {
+        for (text, key) in [
+            ("url = \"ftp://r:8081\"", "schema_registry.url"),
+            ("url = \"r:8081\"", "schema_registry.url"),
+            ("url = \"https://\"", "schema_registry.url"),
+            ("url = \"https://u:pw@r:8081\"", "schema_registry.url"),
+            (
+                "url = \"http://r:8081\"\nca_file = \"ca.pem\"",
+                "schema_registry.ca_file",
+            ),
+            ("username = \"svc\"", "schema_registry.password"),
+            ("password = \"pw\"", "schema_registry.username"),
+            ("username = \"\"\npassword = \"pw\"", "schema_registry.username"),
+            ("username = \"svc\"\npassword = \"\"", "schema_registry.password"),
+            (
+                "username = \"svc\"\npassword = \"pw\"\nbearer_token = \"t\"",
+                "schema_registry.bearer_token",
+            ),
+            ("bearer_token = \"\"", "schema_registry.bearer_token"),
+            ("timeout = \"0s\"", "schema_registry.timeout"),
+            ("connect_timeout = \"0s\"", "schema_registry.connect_timeout"),
+            (
+                "negative_cache_ttl = \"10ms\"",
+                "schema_registry.negative_cache_ttl",
+            ),
+        ] {
+            let e = parse(&format!("[schema_registry]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("key `{key}`")), "{text}: {e}");
+            // The URL's credentials are not echoed back.
+            assert!(!e.contains("u:pw"), "{e}");
+        }
+        for ok in [
+            "url = \"https://registry.internal:8081/\"\nca_file = \"ca.pem\"",
+            "url = \"http://127.0.0.1:8081\"\nusername = \"svc\"\npassword = \"pw\"",
+            "url = \"https://r\"\nbearer_token = \"t\"\ntimeout = \"2s\"\nnegative_cache_ttl = \"1m\"",
+        ] {
+            assert!(parse(&format!("[schema_registry]\n{ok}\n")).is_ok(), "{ok}");
+        }
+        let d = parse("").unwrap().schema_registry;
+        assert_eq!(d.connect_timeout, Duration::from_secs(5));
+        assert_eq!(d.timeout, Duration::from_secs(10));
+        assert_eq!(d.negative_cache_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn schema_registry_secrets_come_from_the_environment_and_are_never_printed() {
+        // SAFETY: this test alone uses these variable names; no other thread reads them.
+        unsafe {
+            std::env::set_var("CX_SENTINEL__SCHEMA_REGISTRY__USERNAME", "svc-env");
+            std::env::set_var("CX_SENTINEL__SCHEMA_REGISTRY__PASSWORD", "hunter2-from-env");
+        }
+        let c = Config::from_toml_with_env(
+            "[schema_registry]\nurl = \"https://r:8081\"\n",
+            Path::new("t.toml"),
+            true,
+        );
+        unsafe {
+            std::env::remove_var("CX_SENTINEL__SCHEMA_REGISTRY__USERNAME");
+            std::env::remove_var("CX_SENTINEL__SCHEMA_REGISTRY__PASSWORD");
+        }
+        let c = c.unwrap();
+        assert_eq!(c.schema_registry.username.as_deref(), Some("svc-env"));
+        assert_eq!(
+            c.schema_registry.password.as_ref().map(Secret::expose),
+            Some("hunter2-from-env")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let c = parse("[schema_registry]\nurl = \"https://r\"\nbearer_token = \"tok-hunter3\"\n").unwrap();
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("hunter3") && text.contains("bearer_token: Some(<redacted>)"),
+            "{text}"
+        );
     }
 
     #[test]

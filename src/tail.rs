@@ -8,7 +8,7 @@
 
 use crate::codec::{DecodeError, Format, avro};
 use crate::config::Config;
-use crate::service::codecs::Registry;
+use crate::service::registry::{RegistryClient, RegistryError, retry_until};
 use apache_avro::Schema;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -17,7 +17,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long one schema lookup keeps retrying an unavailable registry before tail gives up.
+const REGISTRY_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
@@ -29,8 +32,8 @@ pub enum TailError {
         brokers: String,
         detail: String,
     },
-    #[error("schema registry: {0}")]
-    Registry(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("writing output: {0}")]
     Write(#[from] std::io::Error),
 }
@@ -56,37 +59,67 @@ pub struct TailSummary {
     pub undecodable: u64,
 }
 
+/// Why a record could not be shown as an alert.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    /// Not an alert: reported, and tail moves on.
+    #[error(transparent)]
+    Data(#[from] DecodeError),
+    /// The registry refused the credentials, or stayed unavailable: tail stops.
+    #[error(transparent)]
+    Registry(RegistryError),
+}
+
+/// The registry client and the runtime its async calls run on (tail itself is synchronous).
+struct Lookup {
+    client: RegistryClient,
+    runtime: tokio::runtime::Runtime,
+    negative_ttl: Duration,
+}
+
 /// Decodes alert records as `output.format` says, to JSON (any status string passes).
 pub struct AlertDecoder {
     format: Format,
-    registry: Option<Registry>,
-    /// Writer schemas by Confluent id, fetched once each.
-    schemas: HashMap<u32, Schema>,
+    registry: Option<Lookup>,
+    /// Writer schemas by Confluent id, fetched once each; `None` for an id the registry does not
+    /// know, asked again after `schema_registry.negative_cache_ttl`.
+    schemas: HashMap<u32, (Option<Schema>, Instant)>,
 }
 
 impl AlertDecoder {
     pub fn new(config: &Config) -> Result<Self, TailError> {
+        let registry = match config.output.format {
+            Format::ConfluentAvro => RegistryClient::from_config(&config.schema_registry)?,
+            _ => None,
+        };
+        let registry = registry
+            .map(|client| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(TailError::Write)?;
+                Ok::<_, TailError>(Lookup {
+                    client,
+                    runtime,
+                    negative_ttl: config.schema_registry.negative_cache_ttl,
+                })
+            })
+            .transpose()?;
         Ok(Self {
             format: config.output.format,
-            registry: config
-                .schema_registry
-                .url
-                .as_deref()
-                .map(Registry::new)
-                .transpose()
-                .map_err(TailError::Registry)?,
+            registry,
             schemas: HashMap::new(),
         })
     }
 
     /// The record as a JSON alert. JSON records are parsed without checking enum symbols.
-    pub fn decode(&mut self, payload: &[u8]) -> Result<Value, DecodeError> {
+    pub fn decode(&mut self, payload: &[u8]) -> Result<Value, AlertError> {
         let alert = match self.format {
             Format::Json => {
                 let v: Value =
                     serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
                 if !v.is_object() {
-                    return Err(DecodeError::Json("not a JSON object".into()));
+                    return Err(DecodeError::Json("not a JSON object".into()).into());
                 }
                 return Ok(v);
             }
@@ -96,17 +129,26 @@ impl AlertDecoder {
                 match &self.registry {
                     None => avro::decode_alert(datum)?,
                     Some(registry) => {
-                        let writer = match self.schemas.entry(id) {
-                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                let text = registry
-                                    .schema(id)
-                                    .map_err(|e| DecodeError::Avro(format!("registry: {e}")))?
-                                    .ok_or(DecodeError::UnknownSchema(id))?;
-                                let schema = Schema::parse_str(&text)
-                                    .map_err(|e| DecodeError::Avro(format!("schema {id}: {e}")))?;
-                                e.insert(schema)
-                            }
+                        let cached = self
+                            .schemas
+                            .get(&id)
+                            .is_some_and(|(s, at)| s.is_some() || at.elapsed() < registry.negative_ttl);
+                        if !cached {
+                            let found = match registry
+                                .runtime
+                                .block_on(retry_until(REGISTRY_DEADLINE, || registry.client.schema(id)))
+                            {
+                                Ok(text) => Some(
+                                    Schema::parse_str(&text)
+                                        .map_err(|e| DecodeError::Avro(format!("schema {id}: {e}")))?,
+                                ),
+                                Err(RegistryError::NotFound(_)) => None,
+                                Err(e) => return Err(AlertError::Registry(e)),
+                            };
+                            self.schemas.insert(id, (found, Instant::now()));
+                        }
+                        let Some(writer) = &self.schemas[&id].0 else {
+                            return Err(DecodeError::UnknownSchema(id).into());
                         };
                         let mut reader = datum;
                         let value =
@@ -207,6 +249,7 @@ pub fn run(config: &Config, options: TailOptions, out: &mut dyn Write) -> Result
         };
         let payload = msg.payload().unwrap_or_default();
         match decoder.decode(payload) {
+            Err(AlertError::Registry(e)) => return Err(e.into()),
             Ok(alert) => {
                 summary.alerts += 1;
                 if options.json {
@@ -223,7 +266,7 @@ pub fn run(config: &Config, options: TailOptions, out: &mut dyn Write) -> Result
                     out.flush()?;
                 }
             }
-            Err(e) => {
+            Err(AlertError::Data(e)) => {
                 summary.undecodable += 1;
                 eprintln!(
                     "tail: partition {} offset {}: not an alert ({}): {}",
@@ -242,39 +285,9 @@ pub fn run(config: &Config, options: TailOptions, out: &mut dyn Write) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
     use crate::model::{AlertStatus, Channel, RecoveryAlert, Severity};
-    use std::io::BufRead;
-
-    /// A registry that answers one request per connection with the given (status, body).
-    fn registry(answers: Vec<(u16, String)>) -> (String, std::thread::JoinHandle<Vec<String>>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let handle = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for (status, body) in answers {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
-                let mut first = String::new();
-                reader.read_line(&mut first).unwrap();
-                seen.push(first.trim().to_string());
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                }
-                write!(
-                    s,
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .unwrap();
-            }
-            seen
-        });
-        (url, handle)
-    }
+    use crate::service::registry::test_server::serve;
 
     fn alert() -> RecoveryAlert {
         RecoveryAlert {
@@ -302,7 +315,7 @@ mod tests {
     #[test]
     fn confluent_alerts_resolve_the_writer_schema_from_the_registry_once_per_id() {
         let schema = serde_json::json!({ "schema": avro::ALERT_SCHEMA_TEXT }).to_string();
-        let (url, seen) = registry(vec![(200, schema), (404, "{}".into())]);
+        let (url, seen) = serve(vec![(200, schema), (404, "{}".into())]);
         let mut config = Config::default();
         config.output.format = Format::ConfluentAvro;
         config.schema_registry.url = Some(url);
@@ -318,14 +331,36 @@ mod tests {
         // Twice: the registry is asked about id 12 once.
         assert_eq!(decoder.decode(&frame(12)).unwrap(), want);
         assert_eq!(decoder.decode(&frame(12)).unwrap(), want);
-        assert_eq!(
-            decoder.decode(&frame(13)).unwrap_err(),
-            DecodeError::UnknownSchema(13)
+        // An id the registry does not know: asked once, then remembered.
+        for _ in 0..2 {
+            assert!(matches!(
+                decoder.decode(&frame(13)),
+                Err(AlertError::Data(DecodeError::UnknownSchema(13)))
+            ));
+        }
+        let seen: Vec<_> = seen.join().unwrap().into_iter().map(|s| s.line).collect();
+        assert_eq!(seen, ["GET /schemas/ids/12", "GET /schemas/ids/13"]);
+    }
+
+    #[test]
+    fn refused_registry_credentials_stop_tail_with_the_keys_to_check() {
+        let (url, seen) = serve(vec![(401, "{}".into())]);
+        let mut config = Config::default();
+        config.output.format = Format::ConfluentAvro;
+        config.schema_registry.url = Some(url);
+        config.schema_registry.bearer_token = Some(Secret::new("tok-hunter2"));
+        let mut decoder = AlertDecoder::new(&config).unwrap();
+        let mut framed = Vec::new();
+        avro::confluent_frame(12, b"", &mut framed);
+        let Err(AlertError::Registry(e)) = decoder.decode(&framed) else {
+            panic!("a refused lookup must stop tail")
+        };
+        let text = TailError::from(e).to_string();
+        assert!(
+            text.contains("schema_registry.bearer_token") && !text.contains("hunter2"),
+            "{text}"
         );
-        assert_eq!(
-            seen.join().unwrap(),
-            ["GET /schemas/ids/12 HTTP/1.1", "GET /schemas/ids/13 HTTP/1.1"]
-        );
+        assert_eq!(seen.join().unwrap().len(), 1);
     }
 
     #[test]
@@ -335,7 +370,8 @@ mod tests {
             .decode(br#"{"status":"WITHDRAWN","customer_id":"c"}"#)
             .unwrap();
         assert_eq!(v["status"], "WITHDRAWN");
-        assert_eq!(decoder.decode(b"[1]").unwrap_err().class(), "json");
-        assert_eq!(decoder.decode(b"{torn").unwrap_err().class(), "json");
+        for bad in [&b"[1]"[..], b"{torn"] {
+            assert!(matches!(decoder.decode(bad), Err(AlertError::Data(e)) if e.class() == "json"));
+        }
     }
 }

@@ -398,3 +398,75 @@ async fn missing_topic_is_a_clear_startup_error() {
     );
     assert!(err.contains("does not exist"), "{err}");
 }
+
+/// A schema registry that refuses every request with 401 (and counts them).
+fn refusing_registry() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // Reads the request head (GET: no body), then refuses.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        }
+    });
+    (url, asked)
+}
+
+/// Issue 16: refused registry credentials stop the service with a non-zero exit and a message
+/// naming the keys to check, never the password (they were retried forever, ignoring SIGTERM).
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_registry_credentials_end_the_instance_with_a_clear_message() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let (url, asked) = refusing_registry();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = spawn_with(
+        &brokers,
+        &t,
+        &default_config_path(),
+        &[
+            ("CX_SENTINEL__INPUT__FORMAT", "confluent-avro"),
+            ("CX_SENTINEL__SCHEMA_REGISTRY__URL", &url),
+            ("CX_SENTINEL__SCHEMA_REGISTRY__USERNAME", "cx-sentinel"),
+            ("CX_SENTINEL__SCHEMA_REGISTRY__PASSWORD", "hunter2-registry"),
+        ],
+        Some(&log),
+    );
+    let lines = payment_lines(0, 1, 1);
+    produce(&brokers, &t.input, &encode_lines(&lines, Format::ConfluentAvro)).await;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > WAIT {
+            let _ = child.kill();
+            panic!(
+                "still running {WAIT:?} after a 401: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 401") && stderr.contains("schema_registry.password"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // One lookup, not a retry loop.
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

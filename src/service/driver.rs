@@ -4,6 +4,7 @@
 
 use super::codecs::{InputDecoder, InputError, OutputEncoder};
 use super::committer;
+use super::events::Logged;
 use super::kafka::{
     self, Delivery, Group, Opaque, RebalanceEvent, Reports, RevokeHandler, SentinelContext, SentinelProducer,
 };
@@ -177,6 +178,23 @@ fn store<X: rdkafka::consumer::ConsumerContext, C: Consumer<X>>(
     }
 }
 
+/// A record's decoding, as far as it got.
+enum Decoded {
+    Ready(Result<crate::model::Touchpoint, Rejected>),
+    /// Shutdown came while the registry was unreachable.
+    Stopped,
+    /// The registry refused the credentials.
+    Fatal(String),
+}
+
+fn registry_summary(_: &'static str, retries: u64, window: Duration) {
+    tracing::warn!(
+        retries,
+        window_seconds = window.as_secs(),
+        "more schema lookups failed in the last window"
+    );
+}
+
 struct Driver {
     config: Config,
     shared: Arc<Shared>,
@@ -190,6 +208,8 @@ struct Driver {
     signal: Shutdown,
     /// Counts and logs dead letters, one line per reason per window.
     dead_letters: super::events::DeadLetters,
+    /// Rate-limits the registry-outage warning.
+    registry_log: super::events::Throttle,
     /// Why the process must stop (a permanent error).
     fatal: Option<String>,
     /// Records processed, and when that count last moved (liveness).
@@ -231,8 +251,14 @@ pub(super) async fn run(
             config.state.changelog_topic, counts[3], k.input_topic, counts[0]
         )));
     }
-    let decoder = InputDecoder::new(&config).map_err(ServiceError::Registry)?;
-    let encoder = OutputEncoder::new(&config).map_err(ServiceError::Registry)?;
+    let decoder = InputDecoder::new(&config)?;
+    // Registering the alert schema retries a registry outage until its deadline; a shutdown
+    // meanwhile ends it.
+    let mut stop = shutdown.clone();
+    let encoder = tokio::select! {
+        e = OutputEncoder::new(&config) => e?,
+        _ = stop.wait() => return Ok(()),
+    };
     let eos = config.processing.guarantee == crate::config::Guarantee::ExactlyOnce;
     if eos {
         tokio::task::block_in_place(|| committer::start_transactions(&producer))?;
@@ -263,6 +289,7 @@ pub(super) async fn run(
         clock: WallClock::new(),
         signal: shutdown.clone(),
         dead_letters: super::events::DeadLetters::default(),
+        registry_log: super::events::Throttle::default(),
         fatal: None,
         processed: 0,
         progress_seen: 0,
@@ -277,7 +304,6 @@ pub(super) async fn run(
     // so a deadline on a quiet partition fires within about 1.25 timeouts of passing.
     let mut idle = tokio::time::interval((d.config.engine.idle_timeout / 4).max(Duration::from_millis(10)));
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stop = shutdown;
     // One stream for the whole loop: each `recv()` would register and unregister a waker slot
     // under the consumer's mutex.
     let mut messages = consumer.stream();
@@ -743,8 +769,14 @@ impl Driver {
                 return;
             }
         }
-        let Some(decoded) = self.decode(msg).await else {
-            return;
+        let decoded = match self.decode(msg).await {
+            Decoded::Ready(d) => d,
+            // Left unfinished: the record is read again after the restart.
+            Decoded::Stopped => return,
+            Decoded::Fatal(why) => {
+                self.fatal.get_or_insert(why);
+                return;
+            }
         };
         let rec = Record {
             partition,
@@ -761,13 +793,12 @@ impl Driver {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Decodes a record; `None` when shutdown came while the registry was unreachable.
-    async fn decode(
-        &mut self,
-        msg: &BorrowedMessage<'_>,
-    ) -> Option<Result<crate::model::Touchpoint, Rejected>> {
+    /// Decodes a record, fetching a writer schema from the registry on first sight of its id.
+    /// A registry outage is retried with backoff (observing shutdown); refused credentials stop
+    /// the process.
+    async fn decode(&mut self, msg: &BorrowedMessage<'_>) -> Decoded {
         let Some(payload) = msg.payload() else {
-            return Some(Err(Rejected {
+            return Decoded::Ready(Err(Rejected {
                 class: "framing",
                 reason: "record has no value".into(),
             }));
@@ -780,21 +811,37 @@ impl Driver {
                 let sensitive = |k: &str| engine.as_ref().is_some_and(|e| e.rules().is_sensitive(k));
                 self.decoder.decode(payload, &sensitive)
             };
-            match result {
-                Ok(tp) => return Some(Ok(tp)),
+            let error = match result {
+                Ok(tp) => return Decoded::Ready(Ok(tp)),
                 Err(InputError::Data(d)) => {
-                    return Some(Err(Rejected {
+                    return Decoded::Ready(Err(Rejected {
                         class: d.class(),
                         reason: d.to_string(),
                     }));
                 }
-                Err(InputError::Retry(e)) => {
+                Err(InputError::Unresolved(id)) => match self.decoder.resolve(id).await {
+                    Ok(()) => continue,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            match error {
+                InputError::Fatal(e) => return Decoded::Fatal(e.to_string()),
+                InputError::Retry(e) => {
                     let wait = backoff.next_wait();
-                    tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, retry_in_ms = wait.as_millis() as u64, "cannot decode yet; retrying");
+                    if self
+                        .registry_log
+                        .admit("registry", Instant::now(), registry_summary)
+                        == Logged::Full
+                    {
+                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, retry_in_ms = wait.as_millis() as u64, "cannot decode yet: schema registry unavailable; retrying");
+                    }
                     if !self.signal.sleep(wait).await {
-                        return None;
+                        return Decoded::Stopped;
                     }
                 }
+                // Resolved to a cached answer: decode again.
+                _ => {}
             }
         }
     }
@@ -804,6 +851,7 @@ impl Driver {
         self.clock = WallClock::new();
         self.shared.refresh_state_gauges();
         self.dead_letters.flush(Instant::now());
+        self.registry_log.flush(Instant::now(), registry_summary);
         self.core.runtime.lock().flush_logs(Instant::now());
         if self.processed != self.progress_seen {
             self.progress_seen = self.processed;

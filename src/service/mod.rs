@@ -15,6 +15,7 @@ mod driver;
 pub mod events;
 pub mod http;
 pub mod kafka;
+pub mod registry;
 pub mod restore;
 pub mod retry;
 pub mod runtime;
@@ -41,8 +42,10 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("schema registry: {0}")]
-    Registry(String),
+    /// Setting up the registry client failed, the alert schema could not be registered, or the
+    /// registry refused our credentials.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     /// The brokers refused the client's credentials or TLS handshake.
     #[error("{0}")]
     Refused(String),

@@ -3,11 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-/// Exponential backoff: 100 ms doubling to a 30 s cap.
+/// Exponential backoff: 100 ms doubling to a 30 s cap by default. Pure: the caller sleeps (and
+/// watches for shutdown while it does).
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    next: Duration,
+    initial: Duration,
     cap: Duration,
+    next: Duration,
 }
 
 impl Default for Backoff {
@@ -17,15 +19,24 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub fn new(first: Duration, cap: Duration) -> Self {
-        Self { next: first, cap }
+    pub fn new(initial: Duration, cap: Duration) -> Self {
+        Self {
+            initial,
+            cap,
+            next: initial.min(cap),
+        }
     }
 
-    /// The wait before the next try.
+    /// The wait before the next try; each call doubles the one after, up to the cap.
     pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
         self.next = (self.next * 2).min(self.cap);
         wait
+    }
+
+    /// After a success: the next failure waits the initial delay again.
+    pub fn reset(&mut self) {
+        self.next = self.initial.min(self.cap);
     }
 }
 
@@ -64,6 +75,16 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
         let waits: Vec<u64> = (0..5).map(|_| b.next_wait().as_millis() as u64).collect();
         assert_eq!(waits, [100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(100));
+        let mut d = Backoff::default();
+        let waits: Vec<u64> = (0..11).map(|_| d.next_wait().as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        let mut tiny = Backoff::new(Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(tiny.next_wait(), Duration::from_secs(1));
     }
 
     #[test]
