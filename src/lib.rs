@@ -10,7 +10,9 @@
 //! - [`codec`]: JSON and Avro (bare and Confluent-framed) for both contracts, plus validation.
 //! - [`replay`]: runs the engine over a file, the offline twin of the live service.
 //! - [`metrics`]: the Prometheus registry and every metric name.
-//! - [`service`]: the Kafka consumer/producer loop, dead letters, offsets, HTTP, shutdown.
+//! - [`service`]: the live service. [`service::runtime`] is its sans-IO partition runtime
+//!   (offsets, changelog ordering, resend policy, the two delivery guarantees); the driver runs
+//!   the Kafka loop and executes the runtime's commands; HTTP, restore, registry, shutdown.
 //! - [`demo`]: the service against an in-process cluster fed by the generator.
 //! - [`render`]: one readable line per alert (colour on a terminal), for `tail` and `demo`.
 //! - [`tail`]: reads the alert topic in any output format and prints it, like a console consumer.

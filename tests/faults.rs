@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use cx_sentinel::codec::Format;
-use rdkafka::mocking::MockCluster;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::time::{Duration, Instant};
 
@@ -136,5 +136,48 @@ async fn a_stalled_pipeline_fails_liveness_and_still_shuts_down() {
     assert!(
         matches!(stopped, Ok(Ok(()))),
         "shutdown ends the retry loop: {stopped:?}"
+    );
+}
+
+/// The changelog cannot be read (its partition's leader is down): the instance stays not ready,
+/// tries the restore again with backoff, and after `state.restore_timeout` stops with an error
+/// instead of processing on empty state (whose changelog writes would replace the good state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_changelog_keeps_the_instance_not_ready_then_stops_it() {
+    // Broker 1 leads the input, alert and dead-letter partitions and coordinates the group;
+    // broker 2 leads the changelog's and is down.
+    let cluster = MockCluster::new(2).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let t = Topics::unique();
+    for (topic, leader) in [(&t.input, 1), (&t.state, 2), (&t.alerts, 1), (&t.dlq, 1)] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+        cluster.partition_leader(topic, 0, Some(leader)).unwrap();
+    }
+    cluster
+        .coordinator(MockCoordinator::Group(t.group.clone()), 1)
+        .unwrap();
+    cluster.broker_down(2).unwrap();
+    let mut config = config(&brokers, &t, Format::Json, Format::Json);
+    // Shortened from the shipped 5 min: what is tested is that the retrying ends.
+    config.state.restore_timeout = Duration::from_secs(15);
+    let svc = start(config).await;
+    let line = recent_line("a", "c-1", 60_000, "payment.transfer", "FAILURE");
+    produce(&brokers, &t.input, &keyed(&[line])).await;
+    // Assigned and restoring: not ready, and nothing was processed.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(svc.get("/health/ready").await.0, 503);
+    let metrics = svc.get("/metrics").await.1;
+    assert!(metrics.contains("cx_sentinel_state_restoring_partitions 1"), "{metrics}");
+    let err = svc
+        .exited(WAIT)
+        .await
+        .expect("the service stops on its own")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("state restore failed") && err.contains("partition 0"), "{err}");
+    assert!(err.contains("state.restore_timeout"), "{err}");
+    assert!(
+        consume(&brokers, &t.alerts, 1, Duration::from_secs(3)).await.is_empty(),
+        "no record was processed on unrestored state"
     );
 }

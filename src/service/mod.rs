@@ -8,6 +8,13 @@
 //! and every record before it on its partition is finished: applied (or dead-lettered), with every
 //! alert it caused acknowledged by the broker. Alert ids are deterministic, so a record processed
 //! again after a crash yields alerts with the same `alert_id`.
+//!
+//! - [`runtime`]: the sans-IO partition runtime (offsets, changelog batches, resends, the two
+//!   guarantees); `driver`: the consumer loop executing its commands with rdkafka; `committer`:
+//!   transactional and commit calls; [`restore`]: reading the changelog on assignment;
+//!   [`codecs`] and [`registry`]: record formats and the schema registry; [`kafka`]: client
+//!   settings, rebalance and delivery callbacks; [`events`]: rate-limited log-and-count events;
+//!   [`retry`]: bounded backoff; [`http`]: metrics, health and customer endpoints.
 
 pub mod codecs;
 mod committer;
