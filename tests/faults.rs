@@ -78,13 +78,15 @@ async fn an_unwritable_output_topic_stops_the_process_and_loses_nothing() {
     produce(&brokers, &t.input, &keyed(&[first])).await;
     assert_eq!(consume(&brokers, &t.alerts, 1, WAIT).await.len(), 1);
 
+    svc.stop().await.unwrap();
     let second = recent_line("second", "c-2", 60_000, "payment.transfer", "FAILURE");
     produce(&brokers, &t.input, &keyed(&[second])).await;
-    // From now on the broker refuses every write (the test's own record is in already).
+    // From now on the broker refuses every write; the service is the only writer left.
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
     );
+    let svc = start(config.clone()).await;
     let err = svc
         .exited(WAIT)
         .await
