@@ -20,16 +20,15 @@ pub fn start_transactions(producer: &SentinelProducer) -> Result<(), KafkaError>
     producer.begin_transaction()
 }
 
-/// Adds the input `positions` (partition → next offset) to the open transaction with the
+/// Adds the input `positions` (topic, partition, next offset) to the open transaction with the
 /// consumer group's metadata, commits it and opens the next.
 pub fn commit_transaction(
     producer: &SentinelProducer,
     group: &ConsumerGroupMetadata,
-    topic: &str,
-    positions: &[(i32, i64)],
+    positions: &[(&str, i32, i64)],
 ) -> Result<(), KafkaError> {
     let mut offsets = TopicPartitionList::new();
-    for &(partition, next) in positions {
+    for &(topic, partition, next) in positions {
         offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
     }
     if offsets.count() > 0 {
@@ -49,15 +48,13 @@ pub fn abort(producer: &SentinelProducer) -> bool {
     producer.abort_transaction(TXN_TIMEOUT).is_ok()
 }
 
-/// Seeks every assigned partition of `topic` back to its committed offset (the beginning if
-/// none), so the records of an aborted transaction are read again.
-pub fn rewind<X: ConsumerContext, C: Consumer<X>>(consumer: &C, topic: &str) {
+/// Seeks every assigned partition back to its committed offset (the beginning if none), so the
+/// records of an aborted transaction are read again.
+pub fn rewind<X: ConsumerContext, C: Consumer<X>>(consumer: &C) {
     let committed = consumer.committed(Duration::from_secs(10)).ok();
     let assigned = consumer.assignment().unwrap_or_default();
     for e in assigned.elements() {
-        if e.topic() != topic {
-            continue;
-        }
+        let topic = e.topic();
         let to = committed
             .as_ref()
             .and_then(|c| c.find_partition(topic, e.partition()))

@@ -8,7 +8,7 @@ use super::events::Logged;
 use super::kafka::{
     self, Delivery, Group, Opaque, RebalanceEvent, Reports, RevokeHandler, SentinelContext, SentinelProducer,
 };
-use super::runtime::{Command, Failure, Now, Output, Record, Rejected, Runtime, Settle};
+use super::runtime::{Command, Failure, Now, Output, Record, Rejected, Runtime, Settle, Source};
 use super::{ServiceError, Shared};
 use crate::config::Config;
 use crate::engine::Engine;
@@ -103,10 +103,18 @@ struct Core {
     /// exactly_once: a revoke aborted the open transaction; the driver rewinds the input.
     rewind: AtomicBool,
     input_topic: String,
+    action_topic: String,
     eos: bool,
 }
 
 impl Core {
+    fn topic_of(&self, source: Source) -> &str {
+        match source {
+            Source::Touchpoints => &self.input_topic,
+            Source::Actions => &self.action_topic,
+        }
+    }
+
     fn link(&self) -> (Arc<SentinelProducer>, Arc<Reports>) {
         let l = self.link.read();
         (l.producer.clone(), l.reports.clone())
@@ -152,8 +160,12 @@ impl RevokeHandler for Revoker {
             }
             for c in commands.drain(..) {
                 match c {
-                    Command::Store { partition, next } => {
-                        store(consumer, &core.input_topic, partition, next);
+                    Command::Store {
+                        source,
+                        partition,
+                        next,
+                    } => {
+                        store(consumer, core.topic_of(source), partition, next);
                     }
                     other => deferred.push(other),
                 }
@@ -271,6 +283,7 @@ pub(super) async fn run(
         }),
         rewind: AtomicBool::new(false),
         input_topic: config.kafka.input_topic.clone(),
+        action_topic: config.kafka.action_topic.clone(),
         eos,
     });
     *consumer.context().on_revoke.lock().expect("not poisoned") = Some(Arc::new(Revoker(core.clone())));
@@ -472,8 +485,12 @@ impl Driver {
                 Command::Pause(d) => {
                     self.signal.sleep(d).await;
                 }
-                Command::Store { partition, next } => {
-                    store(&*self.consumer, &self.config.kafka.input_topic, partition, next);
+                Command::Store {
+                    source,
+                    partition,
+                    next,
+                } => {
+                    store(&*self.consumer, self.core.topic_of(source), partition, next);
                 }
                 // Only the commit tick asks for it; it commits once its commands are out.
                 Command::CommitTransaction => self.commit_requested = true,
@@ -779,6 +796,7 @@ impl Driver {
             }
         };
         let rec = Record {
+            source: Source::Touchpoints,
             partition,
             offset: msg.offset(),
             timestamp: msg.timestamp().to_millis(),
@@ -926,9 +944,12 @@ impl Driver {
                     return;
                 };
                 let producer = self.core.link().0;
-                let topic = self.config.kafka.input_topic.clone();
+                let positions: Vec<(&str, i32, i64)> = positions
+                    .iter()
+                    .map(|&(source, partition, next)| (self.core.topic_of(source), partition, next))
+                    .collect();
                 let result = tokio::task::block_in_place(|| {
-                    committer::commit_transaction(&producer, &group, &topic, &positions)
+                    committer::commit_transaction(&producer, &group, &positions)
                 });
                 match result {
                     Ok(()) => {
@@ -995,8 +1016,7 @@ impl Driver {
             self.shared.set_engine(*partition, None);
         }
         let consumer = self.consumer.clone();
-        let topic = self.config.kafka.input_topic.clone();
-        tokio::task::block_in_place(|| committer::rewind(&*consumer, &topic));
+        tokio::task::block_in_place(|| committer::rewind(&*consumer));
         tracing::warn!(reason, partitions = ?partitions, "transaction aborted; state and input rewound to the last commit");
     }
 

@@ -49,6 +49,7 @@ pub struct Topics {
     pub input: String,
     pub alerts: String,
     pub dlq: String,
+    pub actions: String,
     pub group: String,
 }
 
@@ -60,6 +61,7 @@ impl Topics {
             input: unique("tp"),
             alerts: unique("alerts"),
             dlq: unique("dlq"),
+            actions: unique("actions"),
             group: unique("group"),
         }
     }
@@ -69,7 +71,13 @@ impl Topics {
 /// dead letters with 1.
 pub fn mock_topics<C: rdkafka::ClientContext>(cluster: &rdkafka::mocking::MockCluster<'_, C>) -> Topics {
     let t = Topics::unique();
-    for (topic, partitions) in [(&t.input, 3), (&t.state, 3), (&t.alerts, 1), (&t.dlq, 1)] {
+    for (topic, partitions) in [
+        (&t.input, 3),
+        (&t.state, 3),
+        (&t.alerts, 1),
+        (&t.dlq, 1),
+        (&t.actions, 3),
+    ] {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     t
@@ -79,7 +87,12 @@ pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
     let t = Topics::unique();
     cx_sentinel::service::kafka::create_topics(
         brokers,
-        &[(&t.input, input_partitions), (&t.alerts, 1), (&t.dlq, 1)],
+        &[
+            (&t.input, input_partitions),
+            (&t.alerts, 1),
+            (&t.dlq, 1),
+            (&t.actions, input_partitions),
+        ],
     )
     .await
     .expect("creating test topics");
@@ -125,6 +138,7 @@ pub fn config(brokers: &str, t: &Topics, input: Format, output: Format) -> Confi
     c.kafka.input_topic = t.input.clone();
     c.kafka.alert_topic = t.alerts.clone();
     c.kafka.dlq_topic = t.dlq.clone();
+    c.kafka.action_topic = t.actions.clone();
     c.kafka.group_id = t.group.clone();
     c.state.changelog_topic = t.state.clone();
     c.input.format = input;

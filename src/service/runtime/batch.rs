@@ -37,7 +37,7 @@ pub(crate) struct Batch {
     /// The encoded states of `records`, back to back: one allocation per batch, not per record.
     arena: Vec<u8>,
     /// Applied records that stay unfinished until this batch's changelog is acknowledged.
-    holders: Vec<i64>,
+    holders: Vec<super::At>,
 }
 
 /// A sealed batch handed out to be written.
@@ -93,10 +93,10 @@ impl Batches {
         }
     }
 
-    /// The record at `offset` stays unfinished until batch `id`'s changelog is acknowledged.
-    pub(crate) fn hold(&mut self, id: u64, offset: i64) {
+    /// The record `at` stays unfinished until batch `id`'s changelog is acknowledged.
+    pub(crate) fn hold(&mut self, id: u64, at: super::At) {
         if let Some(b) = self.get_mut(id) {
-            b.holders.push(offset);
+            b.holders.push(at);
         }
     }
 
@@ -179,7 +179,7 @@ impl Batches {
     }
 
     /// Drops the completely written batches at the head; their held records go to `released`.
-    pub(crate) fn pop_written(&mut self, released: &mut Vec<i64>) -> bool {
+    pub(crate) fn pop_written(&mut self, released: &mut Vec<super::At>) -> bool {
         let mut any = false;
         while self.queue.front().is_some_and(|b| b.sent && !b.changelog_pending) {
             let head = self.queue.pop_front().expect("checked above");

@@ -1,8 +1,8 @@
 //! The two delivery guarantees as two implementations of one trait: when the input position
 //! moves, whether changelog writes wait for outputs, and what a failed send means.
 
-use super::Command;
 use super::outbox::Failure;
+use super::{Command, Source};
 
 /// What the commit point holds when every send of the unit of work is answered.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,8 +20,9 @@ pub trait Guarantee: Send {
     /// Whether a sealed changelog batch waits until its records' outputs are acknowledged
     /// (otherwise a transaction makes them all-or-nothing).
     fn changelog_waits_for_outputs(&self) -> bool;
-    /// `partition`'s committable position moved to `next` (the next offset to consume).
-    fn finished_upto(&mut self, partition: i32, next: i64, out: &mut Vec<Command>);
+    /// The committable position of `partition` of `source` moved to `next` (the next offset to
+    /// consume).
+    fn finished_upto(&mut self, source: Source, partition: i32, next: i64, out: &mut Vec<Command>);
     /// A record was taken or an output produced: there is work to commit.
     fn produced(&mut self);
     /// A send failed. True when the resend policy decides; false when the unit of work must
@@ -45,8 +46,12 @@ impl Guarantee for AtLeastOnce {
         true
     }
 
-    fn finished_upto(&mut self, partition: i32, next: i64, out: &mut Vec<Command>) {
-        out.push(Command::Store { partition, next });
+    fn finished_upto(&mut self, source: Source, partition: i32, next: i64, out: &mut Vec<Command>) {
+        out.push(Command::Store {
+            source,
+            partition,
+            next,
+        });
     }
 
     fn produced(&mut self) {}
@@ -79,7 +84,7 @@ impl Guarantee for ExactlyOnce {
         false
     }
 
-    fn finished_upto(&mut self, _: i32, _: i64, _: &mut Vec<Command>) {}
+    fn finished_upto(&mut self, _: Source, _: i32, _: i64, _: &mut Vec<Command>) {}
 
     fn produced(&mut self) {
         self.dirty = true;

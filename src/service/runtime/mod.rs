@@ -37,9 +37,31 @@ pub struct Now {
     pub wall: Millis,
 }
 
+/// Which input topic a record came from. Both are partitioned alike by customer: partition `p`
+/// of each belongs to the same engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Touchpoints,
+    Actions,
+}
+
+impl Source {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A record's place on its partition: input topic and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub source: Source,
+    pub offset: i64,
+}
+
 /// One input record's position and timestamp.
 #[derive(Debug, Clone, Copy)]
 pub struct Record {
+    pub source: Source,
     pub partition: i32,
     pub offset: i64,
     /// The Kafka record's timestamp (what a wrong clock is judged against).
@@ -84,8 +106,12 @@ pub enum Command {
     Resend { token: usize, without_payload: bool },
     /// Wait this long before the next send (failures come in bursts when the broker is down).
     Pause(Duration),
-    /// Store `next` as `partition`'s position for the consumer's next commit.
-    Store { partition: i32, next: i64 },
+    /// Store `next` as the position of `partition` of `source` for the consumer's next commit.
+    Store {
+        source: Source,
+        partition: i32,
+        next: i64,
+    },
     /// exactly_once: settle every send, then commit the transaction (or abort).
     CommitTransaction,
     /// Nothing can succeed any more: stop the process with this message.
@@ -104,7 +130,7 @@ pub struct Runtime {
     topics: Topics,
     effects: Vec<Effect>,
     written: Vec<Written>,
-    released: Vec<i64>,
+    released: Vec<At>,
     next_epoch: u64,
     /// Commands of reports settled inside a rebalance callback, for the driver to execute.
     deferred: Vec<Command>,
@@ -192,9 +218,9 @@ impl Runtime {
             tracing::info!(
                 partition,
                 customers = part.engine.customer_count(),
-                unfinished = part.ledger.unfinished(),
-                stored = part.ledger.stored(),
-                next = part.ledger.next(),
+                unfinished = part.ledger(Source::Touchpoints).unfinished(),
+                stored = part.ledger(Source::Touchpoints).stored(),
+                next = part.ledger(Source::Touchpoints).next(),
                 "dropping revoked partition's state"
             );
         }
@@ -214,18 +240,26 @@ impl Runtime {
         self.outbox.len()
     }
 
-    /// The next offset to consume per partition that has consumed anything (the transaction's).
-    pub fn positions(&self) -> Vec<(i32, i64)> {
-        self.parts
-            .iter()
-            .filter(|(_, p)| p.ledger.touched())
-            .map(|(&partition, p)| (partition, p.ledger.committable()))
-            .collect()
+    /// The next offset to consume per input topic and partition that has consumed anything (the
+    /// transaction's).
+    pub fn positions(&self) -> Vec<(Source, i32, i64)> {
+        let mut out = Vec::new();
+        for (&partition, p) in &self.parts {
+            for source in [Source::Touchpoints, Source::Actions] {
+                let l = p.ledger(source);
+                if l.touched() {
+                    out.push((source, partition, l.committable()));
+                }
+            }
+        }
+        out
     }
 
     /// The input position of `partition` (next offset to consume, 0 before the first record).
     pub fn next_offset(&self, partition: i32) -> Option<i64> {
-        self.parts.get(&partition).map(|p| p.ledger.next())
+        self.parts
+            .get(&partition)
+            .map(|p| p.ledger(Source::Touchpoints).next())
     }
 
     /// What the commit point holds once every send is answered.
@@ -262,8 +296,13 @@ impl Runtime {
         out: &mut Vec<Command>,
     ) {
         let Record {
-            partition, offset, ..
+            source,
+            partition,
+            offset,
+            ..
         } = rec;
+        debug_assert_eq!(source, Source::Touchpoints);
+        let at = At { source, offset };
         self.guarantee.produced();
         let changelog = self.config.state.changelog;
         let Some(part) = self.parts.get_mut(&partition) else {
@@ -271,7 +310,7 @@ impl Runtime {
             return;
         };
         part.consumed.inc();
-        if part.ledger.consumed(offset) {
+        if part.ledger_mut(source).consumed(offset) {
             tracing::info!(partition, offset, "resuming partition");
         }
         let tp = match decoded {
@@ -283,15 +322,15 @@ impl Runtime {
                     .with_label_values(&[class])
                     .inc();
                 let batch = changelog.then(|| part.batches.open(now.mono));
-                self.dead_letter(partition, offset, class, reason, batch, out);
-                self.finish(partition, offset, out);
+                self.dead_letter(partition, at, class, reason, batch, out);
+                self.finish(partition, at, out);
                 return;
             }
         };
         if part.restored_includes(&tp.customer_id, offset) {
             // Applied before the restart: its state change is in the restored state.
             self.shared.metrics.duplicate_records.inc();
-            self.finish(partition, offset, out);
+            self.finish(partition, at, out);
             return;
         }
         let mut effects = std::mem::take(&mut self.effects);
@@ -304,7 +343,7 @@ impl Runtime {
         // the changelog on, its state change is acknowledged there.
         let batch = changelog.then(|| part.batches.open(now.mono));
         for effect in effects.drain(..) {
-            self.apply(partition, Some(offset), effect, batch, out);
+            self.apply(partition, Some(at), effect, batch, out);
         }
         self.effects = effects;
         self.enforce_cap(partition, batch);
@@ -328,7 +367,8 @@ impl Runtime {
             let Some(part) = self.parts.get_mut(&partition) else {
                 continue;
             };
-            if part.ledger.next() > 0 && waiting(partition, part.ledger.next()) {
+            let next = part.ledger(Source::Touchpoints).next();
+            if next > 0 && waiting(partition, next) {
                 continue;
             }
             let mut effects = std::mem::take(&mut self.effects);
@@ -419,8 +459,8 @@ impl Runtime {
                 self.progress(partition, out);
             }
         }
-        if let Some(offset) = done.offset {
-            self.finish(partition, offset, out);
+        if let Some(at) = done.offset {
+            self.finish(partition, at, out);
         }
     }
 
@@ -478,8 +518,8 @@ impl Runtime {
                 } else {
                     let (partition, offset) = (done.partition, done.offset);
                     self.resend(done, false, out);
-                    if let Some(offset) = offset {
-                        self.finish(partition, offset, out);
+                    if let Some(at) = offset {
+                        self.finish(partition, at, out);
                     }
                 }
             }
@@ -493,8 +533,8 @@ impl Runtime {
                     stripped: true,
                 };
                 self.resend(Outstanding { sent, ..done }, true, out);
-                if let Some(offset) = offset {
-                    self.finish(partition, offset, out);
+                if let Some(at) = offset {
+                    self.finish(partition, at, out);
                 }
             }
             Resend::Trimmed => {
@@ -509,8 +549,8 @@ impl Runtime {
                 let trimmed = outbox::trim_alert(&alert);
                 let (partition, offset) = (done.partition, done.offset);
                 self.produce_alert(partition, offset, trimmed, batch, true, out);
-                if let Some(offset) = offset {
-                    self.finish(partition, offset, out);
+                if let Some(at) = offset {
+                    self.finish(partition, at, out);
                 }
             }
         }
@@ -519,10 +559,10 @@ impl Runtime {
     /// Sends the failed record again under a new token, holding its owner again (the caller
     /// releases the failed send's hold).
     fn resend(&mut self, done: Outstanding, without_payload: bool, out: &mut Vec<Command>) {
-        if let Some(offset) = done.offset
+        if let Some(at) = done.offset
             && let Some(part) = self.parts.get_mut(&done.partition)
         {
-            part.ledger.hold(offset);
+            part.ledger_mut(at.source).hold(at.offset);
         }
         let token = self.outbox.token();
         self.outbox.insert(token, done);
@@ -536,7 +576,7 @@ impl Runtime {
     fn apply(
         &mut self,
         partition: i32,
-        offset: Option<i64>,
+        current: Option<At>,
         effect: Effect,
         batch: Option<u64>,
         out: &mut Vec<Command>,
@@ -558,22 +598,38 @@ impl Runtime {
                 // tick belongs to no record: its case change reaches the changelog only after the
                 // alert is acknowledged (the batch waits for it), so a crash before that fires it
                 // again after the restore.
-                let owner = seq.map(|s| s as i64).or(offset);
+                let owner = match (seq, current) {
+                    (Some(s), Some(c)) => Some(At {
+                        source: c.source,
+                        offset: s as i64,
+                    }),
+                    (_, c) => c,
+                };
                 self.produce_alert(partition, owner, alert, batch, false, out);
             }
-            Effect::Applied { seq, customer } => match batch {
-                Some(b) => {
-                    if let Some(part) = self.parts.get_mut(&partition) {
-                        part.batches.stage(b, customer, seq as i64);
-                        // Finished once its state change is in the changelog.
-                        part.batches.hold(b, seq as i64);
+            Effect::Applied { seq, customer } => {
+                let at = Self::at(current, seq);
+                match batch {
+                    Some(b) => {
+                        if let Some(part) = self.parts.get_mut(&partition) {
+                            // The snapshot names the last touchpoint offset it includes (the
+                            // restored skip rule); actions are idempotent by their id instead.
+                            let last = if at.source == Source::Touchpoints {
+                                at.offset
+                            } else {
+                                -1
+                            };
+                            part.batches.stage(b, customer, last);
+                            // Finished once its state change is in the changelog.
+                            part.batches.hold(b, at);
+                        }
                     }
+                    None => self.finish(partition, at, out),
                 }
-                None => self.finish(partition, seq as i64, out),
-            },
+            }
             Effect::Duplicate { seq } => {
                 self.shared.metrics.duplicate_records.inc();
-                self.finish(partition, seq as i64, out);
+                self.finish(partition, Self::at(current, seq), out);
             }
             Effect::Late {
                 seq,
@@ -586,8 +642,9 @@ impl Runtime {
                     event.event_id,
                     humantime::format_duration(self.config.engine.allowed_lateness)
                 );
-                self.dead_letter(partition, seq as i64, "late", reason, batch, out);
-                self.finish(partition, seq as i64, out);
+                let at = Self::at(current, seq);
+                self.dead_letter(partition, at, "late", reason, batch, out);
+                self.finish(partition, at, out);
             }
             Effect::Future { seq, event, ahead_ms } => {
                 self.shared.metrics.future_records.inc();
@@ -596,8 +653,9 @@ impl Runtime {
                     event.event_id,
                     humantime::format_duration(self.config.engine.max_clock_skew)
                 );
-                self.dead_letter(partition, seq as i64, "future", reason, batch, out);
-                self.finish(partition, seq as i64, out);
+                let at = Self::at(current, seq);
+                self.dead_letter(partition, at, "future", reason, batch, out);
+                self.finish(partition, at, out);
             }
             Effect::Evicted { keys } => {
                 self.shared.metrics.evictions.inc_by(keys.len() as u64);
@@ -608,10 +666,18 @@ impl Runtime {
         }
     }
 
+    /// The place of record `seq` of the record being processed (its source).
+    fn at(current: Option<At>, seq: u64) -> At {
+        At {
+            source: current.map_or(Source::Touchpoints, |c| c.source),
+            offset: seq as i64,
+        }
+    }
+
     fn produce_alert(
         &mut self,
         partition: i32,
-        owner: Option<i64>,
+        owner: Option<At>,
         alert: Box<RecoveryAlert>,
         batch: Option<u64>,
         trimmed: bool,
@@ -640,15 +706,16 @@ impl Runtime {
     fn dead_letter(
         &mut self,
         partition: i32,
-        offset: i64,
+        at: At,
         class: &'static str,
         reason: String,
         batch: Option<u64>,
         out: &mut Vec<Command>,
     ) {
+        let offset = at.offset;
         let token = self.send(
             partition,
-            Some(offset),
+            Some(at),
             Sent::DeadLetter {
                 batch,
                 stripped: false,
@@ -665,11 +732,11 @@ impl Runtime {
 
     /// Registers a send: `owner`, the input offset it belongs to, stays unfinished until the
     /// broker acknowledges it; an output of a batch's records holds that batch back.
-    fn send(&mut self, partition: i32, owner: Option<i64>, sent: Sent) -> usize {
+    fn send(&mut self, partition: i32, owner: Option<At>, sent: Sent) -> usize {
         let epoch = self.parts.get(&partition).map_or(u64::MAX, |p| p.epoch);
         if let Some(part) = self.parts.get_mut(&partition) {
             if let Some(owner) = owner {
-                part.ledger.hold(owner);
+                part.ledger_mut(owner.source).hold(owner.offset);
             }
             if let Sent::Alert { batch: Some(b), .. } | Sent::DeadLetter { batch: Some(b), .. } = &sent {
                 part.batches.output_sent(*b);
@@ -766,27 +833,28 @@ impl Runtime {
         if part.batches.pop_written(&mut released) {
             // Release them all, then store the position once: storing it per record (a client
             // call each) cost more than the rest of the bookkeeping.
-            for o in released.drain(..) {
-                part.ledger.release(o);
+            for at in released.drain(..) {
+                part.ledger_mut(at.source).release(at.offset);
             }
-            self.store(partition, out);
+            self.store(partition, Source::Touchpoints, out);
+            self.store(partition, Source::Actions, out);
         }
         self.released = released;
     }
 
-    /// Releases one hold on `offset` and stores the new position if it moved.
-    fn finish(&mut self, partition: i32, offset: i64, out: &mut Vec<Command>) {
+    /// Releases one hold on the record `at` and stores the new position if it moved.
+    fn finish(&mut self, partition: i32, at: At, out: &mut Vec<Command>) {
         if let Some(part) = self.parts.get_mut(&partition) {
-            part.ledger.release(offset);
-            self.store(partition, out);
+            part.ledger_mut(at.source).release(at.offset);
+            self.store(partition, at.source, out);
         }
     }
 
-    fn store(&mut self, partition: i32, out: &mut Vec<Command>) {
+    fn store(&mut self, partition: i32, source: Source, out: &mut Vec<Command>) {
         if let Some(part) = self.parts.get_mut(&partition)
-            && let Some(next) = part.ledger.advance()
+            && let Some(next) = part.ledger_mut(source).advance()
         {
-            self.guarantee.finished_upto(partition, next, out);
+            self.guarantee.finished_upto(source, partition, next, out);
         }
     }
 }

@@ -59,7 +59,7 @@ pub(crate) struct Outstanding {
     pub(crate) epoch: u64,
     /// The input record it belongs to (alerts, dead letters); a changelog record's input records
     /// are held by its batch instead.
-    pub(crate) offset: Option<i64>,
+    pub(crate) offset: Option<super::At>,
     pub(crate) sent: Sent,
 }
 

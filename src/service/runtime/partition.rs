@@ -15,7 +15,8 @@ pub type RestoredOffsets = HashMap<Arc<str>, i64>;
 pub(crate) struct Partition {
     pub(crate) engine: Arc<Engine>,
     pub(crate) stream: Stream,
-    pub(crate) ledger: Ledger,
+    /// One offset ledger per input topic (touchpoints, actions).
+    ledgers: [Ledger; 2],
     pub(crate) batches: Batches,
     restored: Restored,
     /// Generation of this partition's state (see `Outstanding::epoch`).
@@ -37,12 +38,20 @@ impl Partition {
         Self {
             engine,
             stream,
-            ledger: Ledger::default(),
+            ledgers: Default::default(),
             batches: Batches::default(),
             restored: Restored::new(restored.unwrap_or_default()),
             epoch,
             consumed,
         }
+    }
+
+    pub(crate) fn ledger(&self, source: super::Source) -> &Ledger {
+        &self.ledgers[source.index()]
+    }
+
+    pub(crate) fn ledger_mut(&mut self, source: super::Source) -> &mut Ledger {
+        &mut self.ledgers[source.index()]
     }
 
     /// Whether the record at `offset` for `customer` was applied before the restart: its state

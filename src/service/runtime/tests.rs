@@ -78,6 +78,7 @@ impl Harness {
     /// Pushes `ev` as the record at `offset` of partition 0; returns its commands.
     fn push(&mut self, offset: i64, ev: Touchpoint) -> Vec<Command> {
         let rec = Record {
+            source: Source::Touchpoints,
             partition: 0,
             offset,
             timestamp: Some(ev.occurred_at),
@@ -89,6 +90,7 @@ impl Harness {
 
     fn reject(&mut self, offset: i64) -> Vec<Command> {
         let rec = Record {
+            source: Source::Touchpoints,
             partition: 0,
             offset,
             timestamp: None,
@@ -339,7 +341,11 @@ fn an_unwritable_topic_stops_the_process_without_committing_the_record() {
     assert!(
         matches!(commands.as_slice(), [Command::Fatal(m)] if m.contains("cx-recovery-alerts") || m.contains("topic"))
     );
-    assert_eq!(h.rt.positions(), [(0, 0)], "offset 0 is still unfinished");
+    assert_eq!(
+        h.rt.positions(),
+        [(Source::Touchpoints, 0, 0)],
+        "offset 0 is still unfinished"
+    );
 }
 
 #[test]
