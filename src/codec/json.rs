@@ -130,6 +130,16 @@ mod tests {
             e.to_string().contains("invalid type") && !e.to_string().contains("123456789"),
             "{e}"
         );
+        // Found by fuzzing: a string where an object or a number belongs was quoted back.
+        for line in [
+            r#""4111111111111111""#.to_string(),
+            LINE.replace("-0.8", r#""4111111111111111""#),
+            LINE.replace("\"CHAT\"", r#""CH`AT`4111111111111111""#),
+        ] {
+            let e = decode_touchpoint(line.as_bytes(), &none).unwrap_err();
+            assert_eq!(e.class(), "json");
+            assert!(!e.to_string().contains("4111"), "{e}");
+        }
         let e = decode_touchpoint(b"{not json", &none).unwrap_err();
         assert_eq!(e.class(), "json");
         let e = decode_touchpoint(LINE.replace("\"customer_id\":\"c1\",", "").as_bytes(), &none).unwrap_err();

@@ -68,30 +68,67 @@ impl DecodeError {
 }
 
 /// An outside parser's message with every value it quotes taken out: serde_json puts the
-/// offending value in backticks (`invalid type: integer \`123456789\``), which could be a
-/// customer's. Errors name the field and the problem, never a value (they reach logs and the
-/// dead letter's `cx.error` header).
+/// offending value in backticks (`invalid type: integer \`123456789\``) or, for a string it
+/// read, in double quotes (`invalid type: string "4111…"`), and either could be a customer's.
+/// Errors name the field and the problem, never a value (they reach logs and the dead letter's
+/// `cx.error` header).
 /// Field names it quotes (`missing field \`customer_id\``) stay: they are ours, not the sender's.
 pub(crate) fn without_values(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
-    while let Some(open) = rest.find('`') {
+    while let Some(open) = rest.find(['`', '"']) {
         let (before, after) = rest.split_at(open);
         out.push_str(before);
-        let Some(close) = after[1..].find('`') else {
+        let inner = &after[1..];
+        if after.starts_with('"') {
+            let Some(close) = closing_quote(inner) else {
+                out.push_str("\"…");
+                return out;
+            };
+            out.push_str("\"…\"");
+            rest = &inner[close + 1..];
+            continue;
+        }
+        // serde writes an unknown variant or field as sent, backticks and all; what follows it
+        // (`, expected one of ...`) lists our own names, so the last such separator ends it.
+        let close = if before.ends_with("unknown variant ") || before.ends_with("unknown field ") {
+            inner
+                .rfind("`, expected")
+                .or_else(|| inner.rfind("`, there are no"))
+        } else {
+            inner.find('`')
+        };
+        let Some(close) = close else {
             out.push_str("`…");
             return out;
         };
-        let quoted = &after[..close + 2];
-        if before.ends_with("field ") {
+        let quoted = &inner[..close];
+        if before.ends_with("field ") && quoted.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            out.push('`');
             out.push_str(quoted);
+            out.push('`');
         } else {
             out.push_str("`…`");
         }
-        rest = &after[close + 2..];
+        rest = &inner[close + 1..];
     }
     out.push_str(rest);
     out
+}
+
+/// Where the string serde printed with `{:?}` ends in `s` (just after its opening quote): at the
+/// first quote not escaped, since `{:?}` escapes every quote and backslash inside.
+fn closing_quote(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Longest id or name we accept; longer ones are far more likely garbage than data.
@@ -264,5 +301,36 @@ mod tests {
             "unknown variant `…`, expected one of `…`"
         );
         assert_eq!(without_values("dangling `4111"), "dangling `…");
+    }
+
+    /// Found by fuzzing (json_touchpoint): a string where another type belongs came back in
+    /// double quotes, which only backticks were taken out of.
+    #[test]
+    fn double_quoted_strings_go_too() {
+        assert_eq!(
+            without_values(r#"invalid type: string "4111 1111", expected f64 at line 1 column 40"#),
+            r#"invalid type: string "…", expected f64 at line 1 column 40"#
+        );
+        // `{:?}` escapes quotes inside: the string ends at the first quote not escaped.
+        assert_eq!(
+            without_values(r#"invalid type: string "a\"4111\\", expected f64"#),
+            r#"invalid type: string "…", expected f64"#
+        );
+        assert_eq!(without_values(r#"string "4111"#), r#"string "…"#);
+    }
+
+    /// An unknown variant is quoted as sent: backticks inside it must not end the quote early
+    /// and let the rest out.
+    #[test]
+    fn backticks_inside_an_unknown_variant_let_nothing_out() {
+        assert_eq!(
+            without_values("unknown variant `A`4111`, expected one of `WEB`, `SMS` at line 1 column 9"),
+            "unknown variant `…`, expected one of `…`, `…` at line 1 column 9"
+        );
+        assert_eq!(
+            without_values("unknown field `x`4111`, there are no fields"),
+            "unknown field `…`, there are no fields"
+        );
+        assert_eq!(without_values("unknown variant `A`4111"), "unknown variant `…");
     }
 }

@@ -269,6 +269,9 @@ impl<'a> Decoded<'a> {
         let mut ring = [(&[0u8; 26], ""); MAX_RING];
         for i in 0..n {
             let raw = rd.take(26)?.try_into().expect("length checked");
+            if !Recent::bytes_are_valid(raw) {
+                return Err(SnapshotError::Malformed("ring entry id is longer than 16 bytes"));
+            }
             let name = rd
                 .str()?
                 .ok_or(SnapshotError::Malformed("touchpoint type missing"))?;
@@ -428,6 +431,44 @@ mod tests {
         assert_eq!(
             other.restore("c", Some(&[9])),
             Err(super::SnapshotError::Version(9))
+        );
+    }
+
+    /// Found by fuzzing (changelog_snapshot): an inline event id whose length byte says more
+    /// than the 16 bytes held was restored, and the customer's view (and any alert built from
+    /// the state) then panicked slicing past them.
+    #[test]
+    fn an_inline_id_longer_than_its_bytes_is_malformed() {
+        let engine = Arc::new(Engine::new(Config::default()));
+        let mut stream = Stream::new(engine.clone());
+        let mut out = Vec::new();
+        stream.push(
+            tp("e1", "c", 0, "payment.transfer", Outcome::Failure),
+            0,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        let mut bytes = Vec::new();
+        assert!(engine.snapshot("c", 0, &mut bytes));
+        // version, offset, ring cap, score, tier ("vip": u16 length + 3), ring length: the first
+        // entry's byte 23 holds its id's length in the top five bits.
+        let entry = 1 + 8 + 1 + 8 + 2 + 3 + 1;
+        assert_eq!(bytes[entry - 1], 1, "one ring entry");
+        assert_eq!(bytes[entry + 23] >> 3, 2, "the inline id \"e1\"");
+        bytes[entry + 23] = (bytes[entry + 23] & 7) | 27 << 3;
+        let other = Engine::new(Config::default());
+        assert_eq!(
+            other.restore("c", Some(&bytes)),
+            Err(SnapshotError::Malformed("ring entry id is longer than 16 bytes"))
+        );
+        assert!(other.customer("c").is_none());
+        // Sixteen is the most an inline id holds, and reads.
+        bytes[entry + 23] = (bytes[entry + 23] & 7) | 16 << 3;
+        other.restore("c", Some(&bytes)).unwrap();
+        assert_eq!(
+            other.customer("c").unwrap().recent_touchpoints[0].event_id.len(),
+            16
         );
     }
 

@@ -313,6 +313,13 @@ impl Recent {
         b
     }
 
+    /// Whether `b` (as [`Self::to_bytes`] wrote it) is an entry this type can hold: the five
+    /// bits of an inline id's length can say up to 31, and only 16 bytes are held (reading more
+    /// would slice past them). Checked when a changelog value is read.
+    pub(crate) fn bytes_are_valid(b: &[u8; 26]) -> bool {
+        b[22] >> 6 != IdForm::Inline as u8 || usize::from(b[23] >> 3) <= 16
+    }
+
     pub(crate) fn from_bytes(b: &[u8; 26], touchpoint: u16) -> Self {
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[..16]);
