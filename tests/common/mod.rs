@@ -458,6 +458,7 @@ pub fn spawn_with(
         .env("CX_SENTINEL__KAFKA__INPUT_TOPIC", &t.input)
         .env("CX_SENTINEL__KAFKA__ALERT_TOPIC", &t.alerts)
         .env("CX_SENTINEL__KAFKA__DLQ_TOPIC", &t.dlq)
+        .env("CX_SENTINEL__KAFKA__ACTION_TOPIC", &t.actions)
         .env("CX_SENTINEL__KAFKA__GROUP_ID", &t.group)
         .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
         .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
