@@ -167,17 +167,25 @@ async fn an_unreadable_changelog_keeps_the_instance_not_ready_then_stops_it() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(svc.get("/health/ready").await.0, 503);
     let metrics = svc.get("/metrics").await.1;
-    assert!(metrics.contains("cx_sentinel_state_restoring_partitions 1"), "{metrics}");
+    assert!(
+        metrics.contains("cx_sentinel_state_restoring_partitions 1"),
+        "{metrics}"
+    );
     let err = svc
         .exited(WAIT)
         .await
         .expect("the service stops on its own")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("state restore failed") && err.contains("partition 0"), "{err}");
+    assert!(
+        err.contains("state restore failed") && err.contains("partition 0"),
+        "{err}"
+    );
     assert!(err.contains("state.restore_timeout"), "{err}");
     assert!(
-        consume(&brokers, &t.alerts, 1, Duration::from_secs(3)).await.is_empty(),
+        consume(&brokers, &t.alerts, 1, Duration::from_secs(3))
+            .await
+            .is_empty(),
         "no record was processed on unrestored state"
     );
 }
