@@ -361,6 +361,14 @@ pub struct EngineConfig {
     pub max_journeys: usize,
     /// Open cases per customer; opening one more expires the oldest (rule `case_limit`).
     pub max_open_cases: usize,
+    /// An OPEN (or REOPENED) case no agent has acknowledged within this (event time) escalates
+    /// once (`ack_sla_breach`), as an on-call escalation policy pages the next person.
+    #[serde(with = "humantime_serde")]
+    pub ack_sla: Duration,
+    /// A negative touchpoint on the journey this soon after an agent RESOLVED its case reopens it
+    /// (REOPENED, one severity step up); resolved cases are held this long. Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub reopen_window: Duration,
 }
 
 impl Default for EngineConfig {
@@ -376,6 +384,8 @@ impl Default for EngineConfig {
             recent_touchpoints: 10,
             max_journeys: 4,
             max_open_cases: 4,
+            ack_sla: Duration::from_secs(15 * 60),
+            reopen_window: Duration::from_secs(72 * 3_600),
         }
     }
 }
@@ -393,7 +403,38 @@ pub struct RulesConfig {
     pub experience_decline: ExperienceDeclineConfig,
     pub high_effort: HighEffortConfig,
     pub channel_hopping: ChannelHoppingConfig,
+    /// Which team gets a case and how to reach the customer, by segment; first match wins.
+    pub routing: Vec<Route>,
 }
+
+/// One row of the routing table (`[[rules.routing]]`), matched when a case opens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Glob over the journey; `*` (the default) matches any.
+    #[serde(default = "any_glob")]
+    pub journey: String,
+    /// Glob over the dotted type of the touchpoint that opened the case.
+    #[serde(default = "any_glob")]
+    pub touchpoint: String,
+    /// Customer tiers this row is for; empty (the default) = any tier, including none.
+    #[serde(default)]
+    pub tiers: Vec<String>,
+    /// The team that gets the case.
+    pub queue: String,
+    /// Overrides the stakes table's recommended channel.
+    #[serde(default)]
+    pub channel: Option<Channel>,
+}
+
+fn any_glob() -> String {
+    "*".to_string()
+}
+
+/// Longest queue name: it is a metric label and an alert field.
+pub const MAX_QUEUE_BYTES: usize = 64;
+/// Most rows in `rules.routing` (a case holds its row's index in 16 bits).
+pub const MAX_ROUTES: usize = 1_000;
 
 impl Default for RulesConfig {
     fn default() -> Self {
@@ -412,6 +453,7 @@ impl Default for RulesConfig {
             experience_decline: ExperienceDeclineConfig::default(),
             high_effort: HighEffortConfig::default(),
             channel_hopping: ChannelHoppingConfig::default(),
+            routing: Vec::new(),
         }
     }
 }
@@ -608,6 +650,7 @@ impl Config {
             ("engine.case_sla", e.case_sla),
             ("engine.case_expiry", e.case_expiry),
             ("engine.customer_ttl", e.customer_ttl),
+            ("engine.ack_sla", e.ack_sla),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be longer than zero".into()));
@@ -658,7 +701,45 @@ impl Config {
                 format!("must be 1..=32, got {}", e.max_open_cases),
             ));
         }
+        if e.reopen_window > e.customer_ttl {
+            return Err(bad(
+                "engine.reopen_window",
+                format!(
+                    "must be at most engine.customer_ttl ({}): a resolved case is held that long",
+                    humantime::format_duration(e.customer_ttl)
+                ),
+            ));
+        }
         let r = &self.rules;
+        if r.routing.len() > MAX_ROUTES {
+            return Err(bad(
+                "rules.routing",
+                format!("at most {MAX_ROUTES} entries, got {}", r.routing.len()),
+            ));
+        }
+        for (i, route) in r.routing.iter().enumerate() {
+            for (field, glob) in [("journey", &route.journey), ("touchpoint", &route.touchpoint)] {
+                if glob.trim().is_empty() {
+                    return Err(bad(
+                        &format!("rules.routing[{i}].{field}"),
+                        "must not be empty (use \"*\" for any)".into(),
+                    ));
+                }
+            }
+            let q = &route.queue;
+            if q.trim().is_empty() || q.len() > MAX_QUEUE_BYTES || q.chars().any(char::is_control) {
+                return Err(bad(
+                    &format!("rules.routing[{i}].queue"),
+                    format!("must be 1..={MAX_QUEUE_BYTES} bytes of printable text"),
+                ));
+            }
+            if route.tiers.iter().any(|t| t.trim().is_empty()) {
+                return Err(bad(
+                    &format!("rules.routing[{i}].tiers"),
+                    "must not hold an empty tier".into(),
+                ));
+            }
+        }
         if !(-1.0..=1.0).contains(&r.negative.sentiment) {
             return Err(bad(
                 "rules.negative.sentiment",

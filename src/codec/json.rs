@@ -1,7 +1,9 @@
 //! JSON forms: touchpoints in (event time as RFC 3339 or epoch ms), alerts out.
 
-use super::{DecodeError, invalid, validate};
-use crate::model::{Channel, Direction, Outcome, RecoveryAlert, Touchpoint, TouchpointKind};
+use super::{DecodeError, invalid, validate, validate_action};
+use crate::model::{
+    ActionKind, CaseAction, Channel, Direction, Outcome, RecoveryAlert, Touchpoint, TouchpointKind,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -70,6 +72,45 @@ pub fn decode_touchpoint(
         },
         is_sensitive,
     )
+}
+
+/// The JSON shape of a case action; unknown fields are ignored, as for touchpoints.
+#[derive(Deserialize)]
+struct JsonCaseAction {
+    action_id: String,
+    case_id: String,
+    customer_id: String,
+    action: ActionKind,
+    actor: String,
+    occurred_at: EventTime,
+    #[serde(default)]
+    resolution: Option<String>,
+    #[serde(default)]
+    channel: Option<Channel>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// Decodes and validates one JSON case action (event time as RFC 3339 or epoch ms). The caller
+/// checks the record size first ([`super::check_record_size`]), as for touchpoints.
+pub fn decode_action(bytes: &[u8]) -> Result<CaseAction, DecodeError> {
+    let j: JsonCaseAction = serde_json::from_slice(bytes)
+        .map_err(|e| DecodeError::Json(super::without_values(&e.to_string())))?;
+    let occurred_at = match j.occurred_at {
+        EventTime::Millis(ms) => ms,
+        EventTime::Text(s) => parse_rfc3339(&s)?,
+    };
+    validate_action(CaseAction {
+        action_id: j.action_id,
+        case_id: j.case_id,
+        customer_id: j.customer_id,
+        action: j.action,
+        actor: j.actor,
+        occurred_at,
+        resolution: j.resolution,
+        channel: j.channel,
+        note: j.note,
+    })
 }
 
 /// One alert as a JSON object (no trailing newline).

@@ -657,6 +657,11 @@ impl Runtime {
                 self.dead_letter(partition, at, "future", reason, batch, out);
                 self.finish(partition, at, out);
             }
+            // Only `Stream::push_action` rejects; dead-lettered with its class, as a bad record.
+            Effect::Rejected { seq, class, reason } => {
+                self.dead_letter(partition, seq as i64, class, reason, batch, out);
+                self.finish(partition, seq as i64, out);
+            }
             Effect::Evicted { keys } => {
                 self.shared.metrics.evictions.inc_by(keys.len() as u64);
                 for key in keys {
