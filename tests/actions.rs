@@ -1,0 +1,104 @@
+//! Case actions on a real broker: the people who step in acknowledge and resolve a case through
+//! the action topic, written by an independent client (Python `confluent-kafka`), and every
+//! subscriber of the alert topic sees who has it and how it ended.
+
+mod common;
+
+use common::*;
+use cx_sentinel::codec::Format;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Produces one JSON record to `topic`, keyed by `key`, with the Python client.
+async fn python_produce(python: &str, brokers: &str, topic: &str, key: &str, value: &str) {
+    let script = r#"
+import sys
+from confluent_kafka import Producer
+brokers, topic, key, value = sys.argv[1:5]
+p = Producer({"bootstrap.servers": brokers})
+errors = []
+p.produce(topic, key=key.encode(), value=value.encode(), on_delivery=lambda e, m: errors.append(e) if e else None)
+p.flush(30)
+sys.exit(1 if errors else 0)
+"#;
+    let status = tokio::process::Command::new(python)
+        .args(["-c", script, brokers, topic, key, value])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "python producer failed");
+}
+
+fn python() -> Option<String> {
+    match std::env::var("CX_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) if std::env::var_os("CX_REQUIRE_EXTERNAL").is_some() => {
+            panic!("CX_PYTHON not set: run scripts/test.sh")
+        }
+        Err(_) => {
+            eprintln!("skipped: set CX_PYTHON (scripts/py-env.sh)");
+            None
+        }
+    }
+}
+
+/// With the shipped config: a payment failure pages; an agent's ACKNOWLEDGE and RESOLVE, sent
+/// by another system through the action topic, are published as ACKNOWLEDGED (with the actor)
+/// and RESOLVED (with the resolution and its times), counted on `/metrics`; a repeated action
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_acknowledges_and_resolves_a_case_through_the_action_topic() {
+    let Some(brokers) = brokers() else { return };
+    let Some(python) = python() else { return };
+    let t = topics(&brokers, 1).await;
+    let svc = start(config(&brokers, &t, Format::Json, Format::Json)).await;
+    let line = recent_line("pay-1", "c-1", 10 * 60_000, "payment.transfer", "FAILURE");
+    produce(&brokers, &t.input, &keyed(&[line])).await;
+    let opened = alerts(Format::Json, &consume(&brokers, &t.alerts, 1, WAIT).await);
+    assert_eq!(opened[0]["status"], "OPEN");
+    let case_id = opened[0]["case_id"].as_str().unwrap().to_string();
+
+    let action = |id: &str, kind: &str, ago_ms: i64, resolution: Option<&str>| {
+        serde_json::json!({
+            "action_id": id,
+            "case_id": case_id,
+            "customer_id": "c-1",
+            "action": kind,
+            "actor": "agent-42",
+            "occurred_at": now_ms() - ago_ms,
+            "resolution": resolution,
+            "channel": "VOICE",
+            "note": "called the customer back about 555-0100",
+        })
+        .to_string()
+    };
+    let ack = action("act-1", "ACKNOWLEDGE", 5 * 60_000, None);
+    python_produce(&python, &brokers, &t.actions, "c-1", &ack).await;
+    // The same action delivered twice (a retrying bridge): nothing changes.
+    python_produce(&python, &brokers, &t.actions, "c-1", &ack).await;
+    let resolve = action("act-2", "RESOLVE", 60_000, Some("refunded"));
+    python_produce(&python, &brokers, &t.actions, "c-1", &resolve).await;
+
+    let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 4, Duration::from_secs(20)).await);
+    let statuses: Vec<&str> = got.iter().map(|a| a["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["OPEN", "ACKNOWLEDGED", "RESOLVED"], "{got:#?}");
+    assert_eq!(got[1]["actor"], "agent-42");
+    assert_eq!(got[1]["case_id"], case_id.as_str());
+    let tta = got[1]["time_to_acknowledge_ms"].as_i64().unwrap();
+    assert!((4 * 60_000..=6 * 60_000).contains(&tta), "{tta}");
+    assert_eq!(got[2]["resolution"], "refunded");
+    assert!(got[2]["time_to_resolve_ms"].as_i64().unwrap() >= tta);
+    for a in &got {
+        assert!(!a.to_string().contains("555-0100"), "the note is stored nowhere: {a}");
+    }
+    let metrics = svc.get("/metrics").await.1;
+    assert!(
+        metrics.contains("cx_sentinel_time_to_acknowledge_seconds_count{queue=\"default\",rule=\"critical_negative\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cx_sentinel_cases_total{queue=\"default\",rule=\"critical_negative\",severity=\"critical\",status=\"RESOLVED\"} 1"), "{metrics}");
+    assert!(!metrics.contains("555-0100"));
+    svc.stop().await.unwrap();
+    assert_eq!(committed(&brokers, &t.group, &t.actions).await, 3, "all three actions finished");
+}
