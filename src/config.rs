@@ -1080,6 +1080,26 @@ mod tests {
     }
 
     #[test]
+    fn routing_rows_are_validated_naming_the_key() {
+        let c = parse("[[rules.routing]]\ntouchpoint = \"payment.*\"\ntiers = [\"vip\"]\nqueue = \"private-banking-desk\"\nchannel = \"VOICE\"\n").unwrap();
+        assert_eq!(c.rules.routing[0].journey, "*");
+        let e = parse("[[rules.routing]]\nqueue = \"a\"\n[[rules.routing]]\nqueue = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rules.routing[1].queue"), "{e}");
+        let e = parse("[[rules.routing]]\nqueue = \"a\"\nchannel = \"PIGEON\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("channel"), "{e}");
+        let e = parse("[engine]\nack_sla = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains("engine.ack_sla"), "{e}");
+        let e = parse("[engine]\nreopen_window = \"60d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine.reopen_window"), "{e}");
+    }
+
+    #[test]
     fn lateness_must_be_shorter_than_case_expiry_and_idle_timeout_positive() {
         let e = parse("[engine]\nallowed_lateness = \"2d\"\ncase_expiry = \"1d\"\ncustomer_ttl = \"1d\"")
             .unwrap_err();

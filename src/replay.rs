@@ -57,7 +57,7 @@ impl std::fmt::Display for ReplaySummary {
         let total: u64 = self.alerts.values().sum();
         write!(f, "replay: {total} alerts")?;
         for ((rule, status), n) in &self.alerts {
-            write!(f, "\n  {status:<9} {rule:<20} {n}")?;
+            write!(f, "\n  {status:<12} {rule:<20} {n}")?;
         }
         Ok(())
     }

@@ -122,6 +122,50 @@ pub fn encode_alert(alert: &RecoveryAlert, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn case_actions_decode_drop_the_note_and_never_quote_a_value() {
+        let ok = br#"{"action_id":"a1","case_id":"0123456789abcdef","customer_id":"c","action":"RESOLVE","actor":"agent-7","occurred_at":"2026-03-02T09:40:00Z","resolution":"refunded","channel":"VOICE","note":"call 555-0100"}"#;
+        let a = decode_action(ok).unwrap();
+        assert_eq!(a.action, ActionKind::Resolve);
+        assert_eq!(a.resolution.as_deref(), Some("refunded"));
+        assert_eq!(a.note, None, "the note is stored nowhere");
+        for (bad, field) in [
+            (
+                r#"{"action_id":"a1","case_id":"x","customer_id":"c","action":"CLOSE","actor":"z","occurred_at":1}"#,
+                "action",
+            ),
+            (
+                r#"{"action_id":" ","case_id":"x","customer_id":"c","action":"RESOLVE","actor":"z","occurred_at":1}"#,
+                "action_id",
+            ),
+            (
+                r#"{"action_id":"a","case_id":"x","customer_id":"c","action":"RESOLVE","actor":"z","occurred_at":-5}"#,
+                "occurred_at",
+            ),
+        ] {
+            let e = decode_action(bad.as_bytes()).unwrap_err();
+            // serde names no field for an unknown enum symbol; ours name theirs.
+            assert!(e.class() == "json" || e.to_string().contains(field), "{e}");
+            assert!(!e.to_string().contains("CLOSE"), "{e}");
+        }
+        let note = "n".repeat(super::super::MAX_NOTE_BYTES + 1);
+        let long = format!(
+            r#"{{"action_id":"a","case_id":"x","customer_id":"c","action":"ACKNOWLEDGE","actor":"z","occurred_at":1,"note":"{note}"}}"#
+        );
+        let e = decode_action(long.as_bytes()).unwrap_err();
+        assert_eq!(e.class(), "too_large");
+        assert!(!e.to_string().contains("nnnn"), "{e}");
+    }
+
+    #[test]
+    fn case_actions_round_trip_through_avro() {
+        let a = decode_action(br#"{"action_id":"a1","case_id":"0123456789abcdef","customer_id":"c","action":"ACKNOWLEDGE","actor":"team-payments","occurred_at":5,"channel":"CHAT"}"#).unwrap();
+        let bytes = crate::codec::avro::encode_action(&a);
+        assert_eq!(crate::codec::avro::decode_action(&bytes).unwrap(), a);
+        let e = crate::codec::avro::decode_action(&bytes[..bytes.len() / 2]).unwrap_err();
+        assert_eq!(e.class(), "avro");
+    }
+
     fn none(_: &str) -> bool {
         false
     }

@@ -843,7 +843,11 @@ impl Engine {
                     if s.cases().len() >= r.config.engine.max_open_cases {
                         self.expire_oldest_case(&ev.customer_id, s, t, now, seq, out);
                     }
-                    s.extra_mut().cases.push(case);
+                    // Grown one case at a time (a Vec's first push reserves four): most customers
+                    // with a case have one, and a case with its human side is ~180 bytes.
+                    let cases = &mut s.extra_mut().cases;
+                    cases.reserve_exact(1);
+                    cases.push(case);
                     out.push(Effect::Alert {
                         alert,
                         seq: Some(seq),
@@ -970,6 +974,12 @@ impl Engine {
         }
         let r = &self.rules;
         let status = s.cases()[i].human.status;
+        // A refused action is remembered too: its redelivery after the case moved on (say, a
+        // RESOLVE refused as closed, redelivered after a REOPEN) must not apply then.
+        let refuse = |s: &mut CustomerState, out: &mut Vec<Effect>, class: &'static str, reason: &str| {
+            s.extra_mut().cases[i].human.remember_action(action_hash);
+            reject(out, class, reason);
+        };
         let alert = match (a.action, status) {
             (ActionKind::Acknowledge, CaseStatus::Open | CaseStatus::Reopened) => {
                 let c = &mut s.extra_mut().cases[i];
@@ -998,11 +1008,16 @@ impl Engine {
                 )
             }
             (ActionKind::Acknowledge, CaseStatus::Acknowledged) => {
-                reject(out, "already_acknowledged", "case is already acknowledged");
+                refuse(s, out, "already_acknowledged", "case is already acknowledged");
                 return None;
             }
             (ActionKind::Acknowledge | ActionKind::Resolve, CaseStatus::Resolved) => {
-                reject(out, "closed_case", "case is resolved; only REOPEN applies to it");
+                refuse(
+                    s,
+                    out,
+                    "closed_case",
+                    "case is resolved; only REOPEN applies to it",
+                );
                 return None;
             }
             (ActionKind::Resolve, _) => {
@@ -1048,7 +1063,8 @@ impl Engine {
                 alert
             }
             (ActionKind::Reopen, _) => {
-                reject(
+                refuse(
+                    s,
                     out,
                     "not_resolved",
                     "case is not resolved; REOPEN applies only to a resolved case",

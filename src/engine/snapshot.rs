@@ -6,7 +6,7 @@
 //!  | u8 n { u64 hash str text } | u8 n { case human }`; `str` = `u16 len` + UTF-8 (`0xFFFF` = none).
 //! `human` (version 3 on) is the case's side with the agents:
 //! `u8 status u8 flags(1 = ack SLA fired) u8 reopens str queue i64 round_start i64 acknowledged_at
-//!  i64 resolved_at str actor str resolution u8 n { u64 action_hash }` (times `i64::MIN` = unset;
+//!  i64 resolved_at str actor str resolution u8 n { u32 action_hash }` (times `i64::MIN` = unset;
 //! the queue by name, `none` = default, so the routing table may change between runs).
 //! `input_offset` is the last input offset the state includes (-1: none). Version 2 is version 3
 //! without `human`: its cases read back OPEN with the ack SLA already spent (they predate it; an
@@ -168,7 +168,7 @@ impl Engine {
             }
             put_str(out, h.actor.as_deref());
             put_str(out, h.resolution.as_deref());
-            let actions: Vec<u64> = h.actions.iter().copied().filter(|&a| a != 0).collect();
+            let actions: Vec<u32> = h.actions.iter().copied().filter(|&a| a != 0).collect();
             out.push(actions.len() as u8);
             for a in actions {
                 out.extend_from_slice(&a.to_le_bytes());
@@ -278,9 +278,9 @@ fn read_human(rd: &mut Reader<'_>, route_of_queue: &dyn Fn(&str) -> u16) -> Resu
     if n > ACTION_MEMORY {
         return Err(SnapshotError::Malformed("too many action ids"));
     }
-    let mut actions = [0u64; ACTION_MEMORY];
+    let mut actions = [0u32; ACTION_MEMORY];
     for slot in &mut actions[ACTION_MEMORY - n..] {
-        *slot = rd.u64()?;
+        *slot = u32::from_le_bytes(rd.arr()?);
     }
     Ok(Human {
         status,

@@ -533,8 +533,9 @@ pub struct Human {
     pub resolved_at: Millis,
     pub actor: Option<Box<str>>,
     pub resolution: Option<Box<str>>,
-    /// [`fnv64`] of the newest action ids applied, newest last; 0 = empty.
-    pub actions: [u64; ACTION_MEMORY],
+    /// 32 bits of [`fnv64`] of the newest action ids seen, newest last; 0 = empty. 32 bits keep
+    /// the per-customer budget (a false duplicate needs a collision among four ids of one case).
+    pub actions: [u32; ACTION_MEMORY],
 }
 
 impl Human {
@@ -554,15 +555,16 @@ impl Human {
     }
 
     /// The hash an action id is remembered by (never 0, which marks an empty slot).
-    pub fn action_hash(action_id: &str) -> u64 {
-        fnv64(&[action_id.as_bytes()]).max(1)
+    pub fn action_hash(action_id: &str) -> u32 {
+        let h = fnv64(&[action_id.as_bytes()]);
+        ((h >> 32) as u32 ^ h as u32).max(1)
     }
 
-    pub fn has_applied(&self, hash: u64) -> bool {
+    pub fn has_applied(&self, hash: u32) -> bool {
         self.actions.contains(&hash)
     }
 
-    pub fn remember_action(&mut self, hash: u64) {
+    pub fn remember_action(&mut self, hash: u32) {
         self.actions.rotate_left(1);
         self.actions[ACTION_MEMORY - 1] = hash;
     }
