@@ -60,9 +60,10 @@ pub struct Metrics {
     /// Labels: status, rule, severity, queue. Case transitions published (acknowledged by the
     /// broker): opened, acknowledged, resolved, recovered, reopened, expired, ...
     pub cases: IntCounterVec,
-    /// Labels: rule, severity, queue. A case's (re)opening to its acknowledgement by an agent.
+    /// Labels: severity, queue. A case's (re)opening to its acknowledgement by an agent. (The
+    /// rule of a lifecycle alert names the transition, not what opened the case: not a label.)
     pub time_to_acknowledge: HistogramVec,
-    /// Labels: rule, severity, queue, by (agent: RESOLVED; customer: RECOVERED).
+    /// Labels: severity, queue, by (agent: RESOLVED; customer: RECOVERED).
     pub time_to_recover: HistogramVec,
     /// Label: partition.
     pub consumer_lag: IntGaugeVec,
@@ -201,7 +202,7 @@ impl Metrics {
                         "From a case's (re)opening to an agent's acknowledgement (event time).",
                     )
                     .buckets(case_buckets.clone()),
-                    &["rule", "severity", "queue"],
+                    &["severity", "queue"],
                 )
                 .expect("valid metric"),
             ),
@@ -213,7 +214,7 @@ impl Metrics {
                         "From a case's (re)opening to its resolution by an agent or recovery by the customer (event time).",
                     )
                     .buckets(case_buckets),
-                    &["rule", "severity", "queue", "by"],
+                    &["severity", "queue", "by"],
                 )
                 .expect("valid metric"),
             ),

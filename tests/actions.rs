@@ -80,25 +80,43 @@ async fn an_agent_acknowledges_and_resolves_a_case_through_the_action_topic() {
     let resolve = action("act-2", "RESOLVE", 60_000, Some("refunded"));
     python_produce(&python, &brokers, &t.actions, "c-1", &resolve).await;
 
-    let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 4, Duration::from_secs(20)).await);
-    let statuses: Vec<&str> = got.iter().map(|a| a["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["OPEN", "ACKNOWLEDGED", "RESOLVED"], "{got:#?}");
-    assert_eq!(got[1]["actor"], "agent-42");
-    assert_eq!(got[1]["case_id"], case_id.as_str());
-    let tta = got[1]["time_to_acknowledge_ms"].as_i64().unwrap();
+    // Up to 4 read, 3 expected: a repeated action would be a fourth.
+    let got = alerts(
+        Format::Json,
+        &consume(&brokers, &t.alerts, 4, Duration::from_secs(20)).await,
+    );
+    let by_status = |s: &str| {
+        got.iter()
+            .find(|a| a["status"] == s)
+            .unwrap_or_else(|| panic!("no {s}: {got:#?}"))
+    };
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let acked = by_status("ACKNOWLEDGED");
+    assert_eq!(acked["actor"], "agent-42");
+    assert_eq!(acked["case_id"], case_id.as_str());
+    let tta = acked["time_to_acknowledge_ms"].as_i64().unwrap();
     assert!((4 * 60_000..=6 * 60_000).contains(&tta), "{tta}");
-    assert_eq!(got[2]["resolution"], "refunded");
-    assert!(got[2]["time_to_resolve_ms"].as_i64().unwrap() >= tta);
+    let resolved = by_status("RESOLVED");
+    assert_eq!(resolved["resolution"], "refunded");
+    assert!(resolved["time_to_resolve_ms"].as_i64().unwrap() >= tta);
     for a in &got {
-        assert!(!a.to_string().contains("555-0100"), "the note is stored nowhere: {a}");
+        assert!(
+            !a.to_string().contains("555-0100"),
+            "the note is stored nowhere: {a}"
+        );
     }
     let metrics = svc.get("/metrics").await.1;
     assert!(
-        metrics.contains("cx_sentinel_time_to_acknowledge_seconds_count{queue=\"default\",rule=\"critical_negative\""),
+        metrics
+            .contains("cx_sentinel_time_to_acknowledge_seconds_count{queue=\"default\",severity=\"HIGH\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("cx_sentinel_cases_total{queue=\"default\",rule=\"critical_negative\",severity=\"critical\",status=\"RESOLVED\"} 1"), "{metrics}");
+    assert!(metrics.contains("cx_sentinel_cases_total{queue=\"default\",rule=\"resolved\",severity=\"HIGH\",status=\"RESOLVED\"} 1"), "{metrics}");
     assert!(!metrics.contains("555-0100"));
     svc.stop().await.unwrap();
-    assert_eq!(committed(&brokers, &t.group, &t.actions).await, 3, "all three actions finished");
+    assert_eq!(
+        committed(&brokers, &t.group, &t.actions).await,
+        3,
+        "all three actions finished"
+    );
 }

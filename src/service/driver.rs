@@ -815,10 +815,7 @@ impl Driver {
                 timestamp: msg.timestamp().to_millis(),
             };
             let now = self.clock.at(started);
-            self.core
-                .runtime
-                .lock()
-                .action(rec, decoded, now, &mut self.out);
+            self.core.runtime.lock().action(rec, decoded, now, &mut self.out);
             self.execute(Some(msg), None).await;
             self.processed += 1;
             return;

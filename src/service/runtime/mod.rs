@@ -507,7 +507,8 @@ impl Runtime {
                 m.end_to_end_seconds
                     .with_label_values(&[alert.status.as_str()])
                     .observe(latency);
-                let (rule, severity, queue) = (alert.rule.as_str(), alert.severity.as_str(), alert.queue.as_str());
+                let (rule, severity, queue) =
+                    (alert.rule.as_str(), alert.severity.as_str(), alert.queue.as_str());
                 m.cases
                     .with_label_values(&[alert.status.as_str(), rule, severity, queue])
                     .inc();
@@ -515,7 +516,7 @@ impl Runtime {
                     && let Some(ms) = alert.time_to_acknowledge_ms
                 {
                     m.time_to_acknowledge
-                        .with_label_values(&[rule, severity, queue])
+                        .with_label_values(&[severity, queue])
                         .observe(ms.max(0) as f64 / 1000.0);
                 }
                 let recovered = match alert.status {
@@ -525,7 +526,7 @@ impl Runtime {
                 };
                 if let Some((by, ms)) = recovered {
                     m.time_to_recover
-                        .with_label_values(&[rule, severity, queue, by])
+                        .with_label_values(&[severity, queue, by])
                         .observe(ms.max(0) as f64 / 1000.0);
                 }
                 self.output_acked(partition, *batch, out);

@@ -462,7 +462,16 @@ fn an_acknowledgement_is_published_and_stores_the_action_topic_position() {
         .to_string();
     let token = *token;
     h.ack(token);
-    let acked = h.act(0, action("act-1", &case_id, "c1", MIN, crate::model::ActionKind::Acknowledge));
+    let acked = h.act(
+        0,
+        action(
+            "act-1",
+            &case_id,
+            "c1",
+            MIN,
+            crate::model::ActionKind::Acknowledge,
+        ),
+    );
     let Some(Command::Produce { token, payload, .. }) = acked.first() else {
         panic!("an ACKNOWLEDGED alert: {acked:?}");
     };
@@ -472,21 +481,40 @@ fn an_acknowledgement_is_published_and_stores_the_action_topic_position() {
     assert!(stores(&acked).is_empty(), "the alert is not acknowledged yet");
     assert_eq!(stores(&h.ack(*token)), [(Source::Actions, 1)]);
     // The same action again changes nothing and is finished at once.
-    let again = h.act(1, action("act-1", &case_id, "c1", MIN, crate::model::ActionKind::Acknowledge));
+    let again = h.act(
+        1,
+        action(
+            "act-1",
+            &case_id,
+            "c1",
+            MIN,
+            crate::model::ActionKind::Acknowledge,
+        ),
+    );
     assert!(!again.iter().any(|c| matches!(c, Command::Produce { .. })));
     assert_eq!(stores(&again), [(Source::Actions, 2)]);
     // An action on a case nobody has is a dead letter on the action topic's ledger.
     // A well-formed id of a case that was never opened (another customer's hash).
     let unknown = format!("{}0", &case_id[..case_id.len() - 1]);
-    let unknown = if unknown == case_id { format!("{}1", &case_id[..case_id.len() - 1]) } else { unknown };
-    let bad = h.act(2, action("act-2", &unknown, "c1", MIN, crate::model::ActionKind::Resolve));
+    let unknown = if unknown == case_id {
+        format!("{}1", &case_id[..case_id.len() - 1])
+    } else {
+        unknown
+    };
+    let bad = h.act(
+        2,
+        action("act-2", &unknown, "c1", MIN, crate::model::ActionKind::Resolve),
+    );
     let Some(Command::DeadLetter { token, class, .. }) = bad.first() else {
         panic!("a dead letter: {bad:?}");
     };
     assert_eq!(*class, "unknown_case");
     assert_eq!(stores(&h.ack(*token)), [(Source::Actions, 3)]);
     assert_eq!(
-        h.rt.positions().into_iter().filter(|p| p.0 == Source::Actions).collect::<Vec<_>>(),
+        h.rt.positions()
+            .into_iter()
+            .filter(|p| p.0 == Source::Actions)
+            .collect::<Vec<_>>(),
         [(Source::Actions, 0, 3)]
     );
 }
