@@ -108,24 +108,18 @@ async fn wait_for(
 async fn main() -> Result<()> {
     let args = Args::parse();
     let tag = format!("lone-{}-{}", std::process::id(), now_ms());
-    let (input, alerts, dlq, state, actions) = (
+    let (input, alerts, dlq, state) = (
         format!("{tag}-in"),
         format!("{tag}-alerts"),
         format!("{tag}-dlq"),
         format!("{tag}-state"),
-        format!("{tag}-actions"),
     );
     // Partition 0 takes the lone triggers; each SLA try has a partition of its own, whose first
     // record opens the case (four hours back: on a partition that has seen now, it would be late).
     let partitions = 1 + args.sla_tries as i32;
     cx_sentinel::service::kafka::create_topics(
         &args.brokers,
-        &[
-            (&input, partitions),
-            (&alerts, 1),
-            (&dlq, 1),
-            (&actions, partitions),
-        ],
+        &[(&input, partitions), (&alerts, 1), (&dlq, 1)],
     )
     .await?;
     cx_sentinel::service::kafka::create_compacted_topics(&args.brokers, &[(&state, partitions)]).await?;
@@ -135,7 +129,6 @@ async fn main() -> Result<()> {
     config.kafka.input_topic = input.clone();
     config.kafka.alert_topic = alerts.clone();
     config.kafka.dlq_topic = dlq;
-    config.kafka.action_topic = actions;
     config.kafka.group_id = format!("{tag}-group");
     config.state.changelog_topic = state;
     config.http.listen = "127.0.0.1:0".into();

@@ -116,10 +116,6 @@ pub struct KafkaConfig {
     pub input_topic: String,
     pub alert_topic: String,
     pub dlq_topic: String,
-    /// Case actions from the people who step in (acknowledge, resolve, reopen), keyed by
-    /// customer id, with as many partitions as the input topic: partition `p` of both is read by
-    /// the same instance.
-    pub action_topic: String,
     /// Passed to librdkafka as-is, for both consumer and producer (security.protocol,
     /// sasl.*, ssl.*, fetch sizes, ...). Keys set here win over cx-sentinel's defaults.
     pub librdkafka_options: BTreeMap<String, String>,
@@ -166,7 +162,6 @@ impl std::fmt::Debug for KafkaConfig {
             .field("input_topic", &self.input_topic)
             .field("alert_topic", &self.alert_topic)
             .field("dlq_topic", &self.dlq_topic)
-            .field("action_topic", &self.action_topic)
             .field("librdkafka_options", &options)
             .finish()
     }
@@ -180,7 +175,7 @@ impl Default for KafkaConfig {
             input_topic: "touchpoints".into(),
             alert_topic: "recovery-alerts".into(),
             dlq_topic: "touchpoints.dlq".into(),
-            action_topic: "recovery-actions".into(),
+
             librdkafka_options: BTreeMap::new(),
         }
     }
@@ -753,7 +748,6 @@ impl Config {
             ("kafka.input_topic", &k.input_topic),
             ("kafka.alert_topic", &k.alert_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
-            ("kafka.action_topic", &k.action_topic),
         ] {
             if value.trim().is_empty() {
                 return Err(bad(key, "must not be empty".into()));
@@ -765,12 +759,7 @@ impl Config {
                 "must differ from kafka.alert_topic and kafka.dlq_topic".into(),
             ));
         }
-        if [&k.input_topic, &k.alert_topic, &k.dlq_topic].contains(&&k.action_topic) {
-            return Err(bad(
-                "kafka.action_topic",
-                "must differ from kafka.input_topic, kafka.alert_topic and kafka.dlq_topic".into(),
-            ));
-        }
+
         if self.output.format == Format::ConfluentAvro
             && self.output.schema_ids.is_empty()
             && self.schema_registry.url.is_none()

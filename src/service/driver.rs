@@ -283,7 +283,8 @@ pub(super) async fn run(
         }),
         rewind: AtomicBool::new(false),
         input_topic: config.kafka.input_topic.clone(),
-        action_topic: config.kafka.action_topic.clone(),
+        // No action topic is read yet (issue 18): no record has `Source::Actions`.
+        action_topic: String::new(),
         eos,
     });
     *consumer.context().on_revoke.lock().expect("not poisoned") = Some(Arc::new(Revoker(core.clone())));

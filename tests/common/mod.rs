@@ -49,7 +49,6 @@ pub struct Topics {
     pub input: String,
     pub alerts: String,
     pub dlq: String,
-    pub actions: String,
     pub group: String,
 }
 
@@ -61,7 +60,6 @@ impl Topics {
             input: unique("tp"),
             alerts: unique("alerts"),
             dlq: unique("dlq"),
-            actions: unique("actions"),
             group: unique("group"),
         }
     }
@@ -71,13 +69,7 @@ impl Topics {
 /// dead letters with 1.
 pub fn mock_topics<C: rdkafka::ClientContext>(cluster: &rdkafka::mocking::MockCluster<'_, C>) -> Topics {
     let t = Topics::unique();
-    for (topic, partitions) in [
-        (&t.input, 3),
-        (&t.state, 3),
-        (&t.alerts, 1),
-        (&t.dlq, 1),
-        (&t.actions, 3),
-    ] {
+    for (topic, partitions) in [(&t.input, 3), (&t.state, 3), (&t.alerts, 1), (&t.dlq, 1)] {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     t
@@ -87,12 +79,7 @@ pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
     let t = Topics::unique();
     cx_sentinel::service::kafka::create_topics(
         brokers,
-        &[
-            (&t.input, input_partitions),
-            (&t.alerts, 1),
-            (&t.dlq, 1),
-            (&t.actions, input_partitions),
-        ],
+        &[(&t.input, input_partitions), (&t.alerts, 1), (&t.dlq, 1)],
     )
     .await
     .expect("creating test topics");
@@ -138,7 +125,6 @@ pub fn config(brokers: &str, t: &Topics, input: Format, output: Format) -> Confi
     c.kafka.input_topic = t.input.clone();
     c.kafka.alert_topic = t.alerts.clone();
     c.kafka.dlq_topic = t.dlq.clone();
-    c.kafka.action_topic = t.actions.clone();
     c.kafka.group_id = t.group.clone();
     c.state.changelog_topic = t.state.clone();
     c.input.format = input;
@@ -458,7 +444,6 @@ pub fn spawn_with(
         .env("CX_SENTINEL__KAFKA__INPUT_TOPIC", &t.input)
         .env("CX_SENTINEL__KAFKA__ALERT_TOPIC", &t.alerts)
         .env("CX_SENTINEL__KAFKA__DLQ_TOPIC", &t.dlq)
-        .env("CX_SENTINEL__KAFKA__ACTION_TOPIC", &t.actions)
         .env("CX_SENTINEL__KAFKA__GROUP_ID", &t.group)
         .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
         .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
