@@ -37,7 +37,9 @@ export PATH="$root/bin:$PATH"
 # assertions and overflow checks are on, `-a`), and ASan would halve the executions and clash
 # with jemalloc, which the crate links. (cargo-fuzz takes no `--locked`; fuzz/Cargo.lock is
 # committed and cargo builds what it pins.)
-flags=(--sanitizer none --debug-assertions --release)
+# Built once per machine, not per clone (a cold build is about ten minutes on two cores).
+target_dir=${CX_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cx-sentinel/fuzz-target}
+flags=(--sanitizer none --debug-assertions --release --target-dir "$target_dir")
 echo "== cargo fuzz build (toolchain $toolchain)"
 cargo "+$toolchain" fuzz build "${flags[@]}"
 

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             }
             return;
         }
-        Err(InputError::Retry(e)) => panic!("JSON input never needs a retry: {e}"),
+        Err(e) => panic!("JSON input never needs the registry: {e}"),
     };
     assert!(
         !tp.attributes.keys().any(|k| is_sensitive(k)),

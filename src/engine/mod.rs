@@ -821,7 +821,16 @@ impl Engine {
                         channel: facts.stake.channel,
                         escalated: false,
                         weight: (stake.weight * tier_mult) as f32,
-                        reopens_at: Millis::MIN,
+                        // Opened by a moment of truth failing: that failure holds the case open
+                        // whichever rule named it, so no earlier positive arriving late withdraws it.
+                        reopens_at: if matches!(polarity, Polarity::Negative)
+                            && critical.enabled
+                            && stake.weight >= critical.min_stakes
+                        {
+                            t
+                        } else {
+                            Millis::MIN
+                        },
                         human: Human::new(t, route),
                     };
                     let alert = self.build_alert(
@@ -1376,6 +1385,11 @@ impl Engine {
     ) -> Option<Box<RecoveryAlert>> {
         let rc = &self.rules.config.rules;
         let case = &s.cases()[i];
+        // A moment of truth failed on the case after this positive: in event time the customer
+        // recovered and then failed again, which opens a case on its own.
+        if case.reopens_at > ev.occurred_at {
+            return None;
+        }
         let ep = s
             .episodes()
             .find(|e| e.journey == case.journey_hash as u32)
