@@ -31,6 +31,7 @@ pub const ALERTS_TRIMMED: &str = "cx_sentinel_alerts_trimmed_total";
 pub const CASES: &str = "cx_sentinel_cases_total";
 pub const TIME_TO_ACKNOWLEDGE: &str = "cx_sentinel_time_to_acknowledge_seconds";
 pub const TIME_TO_RECOVER: &str = "cx_sentinel_time_to_recover_seconds";
+pub const CASES_HELD: &str = "cx_sentinel_cases_held";
 pub const TXN_ABORTS: &str = "cx_sentinel_transaction_aborts_total";
 pub const TXN_COMMITS: &str = "cx_sentinel_transaction_commits_total";
 pub const RESTORING: &str = "cx_sentinel_state_restoring_partitions";
@@ -65,6 +66,8 @@ pub struct Metrics {
     pub time_to_acknowledge: HistogramVec,
     /// Labels: severity, queue, by (agent: RESOLVED; customer: RECOVERED).
     pub time_to_recover: HistogramVec,
+    /// Labels: status, queue. Cases held in state now (recomputed with `state_bytes`).
+    pub cases_held: IntGaugeVec,
     /// Label: partition.
     pub consumer_lag: IntGaugeVec,
     pub customers: IntGauge,
@@ -215,6 +218,17 @@ impl Metrics {
                     )
                     .buckets(case_buckets),
                     &["severity", "queue", "by"],
+                )
+                .expect("valid metric"),
+            ),
+            cases_held: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        CASES_HELD,
+                        "Cases held on this instance by status: OPEN and REOPENED wait for an agent, ACKNOWLEDGED are being worked, RESOLVED are watched for engine.reopen_window (recomputed at most every 10 s).",
+                    ),
+                    &["status", "queue"],
                 )
                 .expect("valid metric"),
             ),

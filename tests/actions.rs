@@ -60,18 +60,7 @@ async fn an_agent_acknowledges_and_resolves_a_case_through_the_action_topic() {
     let case_id = opened[0]["case_id"].as_str().unwrap().to_string();
 
     let action = |id: &str, kind: &str, ago_ms: i64, resolution: Option<&str>| {
-        serde_json::json!({
-            "action_id": id,
-            "case_id": case_id,
-            "customer_id": "c-1",
-            "action": kind,
-            "actor": "agent-42",
-            "occurred_at": now_ms() - ago_ms,
-            "resolution": resolution,
-            "channel": "VOICE",
-            "note": "called the customer back about 555-0100",
-        })
-        .to_string()
+        action_line(id, &case_id, "c-1", kind, now_ms() - ago_ms, resolution)
     };
     let ack = action("act-1", "ACKNOWLEDGE", 5 * 60_000, None);
     python_produce(&python, &brokers, &t.actions, "c-1", &ack).await;
@@ -112,6 +101,15 @@ async fn an_agent_acknowledges_and_resolves_a_case_through_the_action_topic() {
         "{metrics}"
     );
     assert!(metrics.contains("cx_sentinel_cases_total{queue=\"default\",rule=\"resolved\",severity=\"HIGH\",status=\"RESOLVED\"} 1"), "{metrics}");
+    // The first scrape walks the state: the resolved case is held for the reopen window.
+    assert!(
+        metrics.contains("cx_sentinel_cases_held{queue=\"default\",status=\"RESOLVED\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cx_sentinel_cases_held{queue=\"default\",status=\"OPEN\"} 0"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("555-0100"));
     svc.stop().await.unwrap();
     assert_eq!(

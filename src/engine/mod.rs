@@ -81,6 +81,15 @@ pub struct Engine {
     tiers: Interner<f64>,
 }
 
+/// What [`Engine::state_totals`] finds in one walk of the customers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StateTotals {
+    /// Sum of [`CustomerState::footprint`] plus the keys' heap bytes.
+    pub bytes: usize,
+    /// Held cases by (queue, status).
+    pub cases: BTreeMap<(String, &'static str), usize>,
+}
+
 /// A read-only view of one customer, for the person who picks up an alert.
 #[derive(Debug, Clone, Serialize)]
 pub struct CustomerView {
@@ -207,6 +216,32 @@ impl Engine {
     /// Drops every customer for which `keep` is false (a partition revoked from this instance).
     pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
         self.customers.retain(|k, _| keep(k.as_str()));
+    }
+
+    /// One walk of every customer for the gauges that need one: state bytes and held cases.
+    /// Every (queue, status) pair of the routing table is present, zero or not, so a gauge
+    /// that drops to zero is set to zero rather than left at its last value.
+    pub fn state_totals(&self) -> StateTotals {
+        let routes = self.rules.config.rules.routing.len();
+        // Index `routes` is the default queue (a case no route matched, or whose route is gone).
+        let mut by_route = vec![[0usize; 4]; routes + 1];
+        let mut bytes = 0;
+        for e in self.customers.iter() {
+            bytes += e.value().footprint() + e.key().heap_bytes();
+            for c in e.value().cases() {
+                by_route[usize::from(c.human.queue).min(routes)][c.human.status as usize] += 1;
+            }
+        }
+        let mut cases = BTreeMap::new();
+        for (route, counts) in by_route.iter().enumerate() {
+            let queue = self
+                .rules
+                .queue_name(u16::try_from(route).unwrap_or(rules::NO_ROUTE));
+            for status in CaseStatus::ALL {
+                *cases.entry((queue.to_string(), status.as_str())).or_insert(0) += counts[status as usize];
+            }
+        }
+        StateTotals { bytes, cases }
     }
 
     /// What we know about one customer, if this instance holds them.

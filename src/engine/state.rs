@@ -492,10 +492,11 @@ pub enum CaseStatus {
 }
 
 impl CaseStatus {
+    /// Every status, in discriminant order.
+    pub const ALL: [Self; 4] = [Self::Open, Self::Acknowledged, Self::Resolved, Self::Reopened];
+
     pub fn from_index(i: u8) -> Option<Self> {
-        [Self::Open, Self::Acknowledged, Self::Resolved, Self::Reopened]
-            .get(usize::from(i))
-            .copied()
+        Self::ALL.get(usize::from(i)).copied()
     }
 
     pub fn as_str(self) -> &'static str {

@@ -837,6 +837,41 @@ mod human_side {
         assert!(alerts(&out).is_empty(), "{out:?}");
     }
 
+    /// The held-cases gauge's counts follow the lifecycle: OPEN, ACKNOWLEDGED, RESOLVED, and
+    /// every (queue, status) pair is reported, zero or not.
+    #[test]
+    fn state_totals_count_held_cases_by_queue_and_status() {
+        let count = |stream: &Stream, status: &'static str| {
+            stream.engine().state_totals().cases[&("default".to_string(), status)]
+        };
+        let (mut stream, case, _) = opened();
+        assert_eq!(stream.engine().state_totals().cases.len(), 4);
+        assert_eq!(count(&stream, "OPEN"), 1);
+        assert_eq!(count(&stream, "ACKNOWLEDGED"), 0);
+        let mut out = Vec::new();
+        stream.push_action(
+            act("a1", &case, "c", MIN, ActionKind::Acknowledge),
+            1,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        assert_eq!(count(&stream, "OPEN"), 0);
+        assert_eq!(count(&stream, "ACKNOWLEDGED"), 1);
+        stream.push_action(
+            act("a2", &case, "c", HOUR, ActionKind::Resolve),
+            2,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        assert_eq!(count(&stream, "ACKNOWLEDGED"), 0);
+        assert_eq!(count(&stream, "RESOLVED"), 1);
+        let totals = stream.engine().state_totals();
+        assert_eq!(totals.bytes, stream.engine().state_bytes());
+        assert_eq!(totals.cases.values().sum::<usize>(), 1);
+    }
+
     #[test]
     fn a_repeated_action_id_changes_nothing() {
         let (mut stream, case, _) = opened();

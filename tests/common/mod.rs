@@ -545,6 +545,30 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A case action by `agent-42` as a JSON line (`resolution` for RESOLVE). Its note is a phone
+/// number: it must appear nowhere.
+pub fn action_line(
+    action_id: &str,
+    case_id: &str,
+    customer: &str,
+    kind: &str,
+    occurred_at: i64,
+    resolution: Option<&str>,
+) -> String {
+    serde_json::json!({
+        "action_id": action_id,
+        "case_id": case_id,
+        "customer_id": customer,
+        "action": kind,
+        "actor": "agent-42",
+        "occurred_at": occurred_at,
+        "resolution": resolution,
+        "channel": "VOICE",
+        "note": "called the customer back about 555-0100",
+    })
+    .to_string()
+}
+
 /// A touchpoint stamped `ago_ms` before now, as a JSON line.
 pub fn recent_line(id: &str, customer: &str, ago_ms: i64, touchpoint: &str, outcome: &str) -> String {
     let mut v: serde_json::Value =
