@@ -196,13 +196,21 @@ pub fn scenario_lines() -> Vec<String> {
 
 /// What `replay` gives for these lines under this config: alerts minus `detected_at`, sorted by id.
 pub fn replay(config: &Config, lines: &[String]) -> Vec<Value> {
+    replay_with_actions(config, lines, &[])
+}
+
+/// [`replay`] with case actions (JSON lines) merged in by event time, as `replay --actions`.
+pub fn replay_with_actions(config: &Config, lines: &[String], actions: &[String]) -> Vec<Value> {
     let input = lines.join("\n");
+    let actions = actions.join("\n");
+    let mut actions: &[u8] = actions.as_bytes();
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    cx_sentinel::replay::replay(
+    cx_sentinel::replay::replay_with_actions(
         config.clone(),
         input.as_bytes(),
         Format::Json,
+        (!actions.is_empty()).then_some(&mut actions as &mut dyn std::io::BufRead),
         &mut out,
         &mut problems,
         // The processing clock: any time after the test data's event times (skew is checked
@@ -611,4 +619,26 @@ pub async fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
         Offset::Offset(o) => o,
         other => panic!("no committed offset: {other:?}"),
     }
+}
+
+/// The group's committed offsets summed over partitions `0..partitions` of `topic` (a partition
+/// with no commit counts 0): with offsets from 0, the records committed.
+pub async fn committed_sum(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
 }
