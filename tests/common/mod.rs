@@ -391,6 +391,38 @@ impl Running {
         }
     }
 
+    /// For a failure message when an expected output did not come: whether the service ended
+    /// (and how), its health, and its record and send counters; then stops it.
+    pub async fn diagnose(mut self) -> String {
+        if self.task.is_finished() {
+            return format!("the service ended: {:?}", (&mut self.task).await.unwrap());
+        }
+        let ready = self.get("/health/ready").await.0;
+        let live = self.get("/health/live").await.0;
+        let counters: Vec<String> = self
+            .get("/metrics")
+            .await
+            .1
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && [
+                        "records_consumed",
+                        "produce_errors",
+                        "alerts_total",
+                        "dead_letters",
+                        "assigned_partitions",
+                        "consumer_lag",
+                    ]
+                    .iter()
+                    .any(|n| l.contains(n))
+            })
+            .map(str::to_string)
+            .collect();
+        let stopped = self.stop().await;
+        format!("ready {ready}, live {live}, stopped {stopped:?}; {counters:#?}")
+    }
+
     /// Waits until `/health/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
