@@ -639,15 +639,7 @@ pub fn tp_line(id: &str, customer: &str, minute: i64, touchpoint: &str, outcome:
 
 /// The offset `group` committed on partition 0 of `topic`.
 pub async fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    match got.elements()[0].offset() {
+    match committed_offsets(brokers, group, topic, 1)[0] {
         Offset::Offset(o) => o,
         other => panic!("no committed offset: {other:?}"),
     }
@@ -656,6 +648,17 @@ pub async fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
 /// The group's committed offsets summed over partitions `0..partitions` of `topic` (a partition
 /// with no commit counts 0): with offsets from 0, the records committed.
 pub async fn committed_sum(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    committed_offsets(brokers, group, topic, partitions)
+        .into_iter()
+        .map(|o| match o {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The group's committed offsets of partitions `0..partitions` of `topic`.
+fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -666,11 +669,5 @@ pub async fn committed_sum(brokers: &str, group: &str, topic: &str, partitions: 
         tpl.add_partition(topic, p);
     }
     let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    got.elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum()
+    got.elements().iter().map(|e| e.offset()).collect()
 }

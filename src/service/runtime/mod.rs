@@ -315,15 +315,9 @@ impl Runtime {
         }
         let tp = match decoded {
             Ok(tp) => tp,
-            Err(Rejected { class, reason }) => {
-                self.shared
-                    .metrics
-                    .decode_errors
-                    .with_label_values(&[class])
-                    .inc();
+            Err(rejected) => {
                 let batch = changelog.then(|| part.batches.open(now.mono));
-                self.dead_letter(partition, at, class, reason, batch, out);
-                self.finish(partition, at, out);
+                self.undecodable(partition, at, rejected, batch, out);
                 return;
             }
         };
@@ -347,6 +341,29 @@ impl Runtime {
         }
         self.effects = effects;
         self.enforce_cap(partition, batch);
+        self.seal_if_due(partition, batch, now, out);
+    }
+
+    /// A record the decoder refused: counted by class, dead-lettered, finished.
+    fn undecodable(
+        &mut self,
+        partition: i32,
+        at: At,
+        Rejected { class, reason }: Rejected,
+        batch: Option<u64>,
+        out: &mut Vec<Command>,
+    ) {
+        self.shared
+            .metrics
+            .decode_errors
+            .with_label_values(&[class])
+            .inc();
+        self.dead_letter(partition, at, class, reason, batch, out);
+        self.finish(partition, at, out);
+    }
+
+    /// Seals the partition's open changelog batch once it has been open a commit interval.
+    fn seal_if_due(&mut self, partition: i32, batch: Option<u64>, now: Now, out: &mut Vec<Command>) {
         if let Some(part) = self.parts.get_mut(&partition)
             && batch.is_some()
             && part
@@ -387,14 +404,8 @@ impl Runtime {
         let batch = changelog.then(|| part.batches.open(now.mono));
         let action = match decoded {
             Ok(a) => a,
-            Err(Rejected { class, reason }) => {
-                self.shared
-                    .metrics
-                    .decode_errors
-                    .with_label_values(&[class])
-                    .inc();
-                self.dead_letter(partition, at, class, reason, batch, out);
-                self.finish(partition, at, out);
+            Err(rejected) => {
+                self.undecodable(partition, at, rejected, batch, out);
                 return;
             }
         };
@@ -406,15 +417,7 @@ impl Runtime {
             self.apply(partition, Some(at), effect, batch, out);
         }
         self.effects = effects;
-        if let Some(part) = self.parts.get_mut(&partition)
-            && batch.is_some()
-            && part
-                .batches
-                .seal_due(now.mono, self.config.processing.commit_interval)
-        {
-            part.batches.seal(&part.engine);
-            self.progress(partition, out);
-        }
+        self.seal_if_due(partition, batch, now, out);
     }
 
     /// Processing time passes: every partition whose input is idle lets its timers follow the
