@@ -118,3 +118,85 @@ async fn an_agent_acknowledges_and_resolves_a_case_through_the_action_topic() {
         "all three actions finished"
     );
 }
+
+/// Actions that cannot apply are dead-lettered with their class and a reason that names no
+/// customer value, and their offsets are committed: a case that does not exist, another
+/// customer's case, a record that is not an action, a second acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_actions_are_dead_lettered_with_their_class() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let svc = start(config(&brokers, &t, Format::Json, Format::Json)).await;
+    let line = recent_line("pay-1", "c-1", 10 * 60_000, "payment.transfer", "FAILURE");
+    produce(&brokers, &t.input, &keyed(&[line])).await;
+    let opened = alerts(Format::Json, &consume(&brokers, &t.alerts, 1, WAIT).await);
+    let case_id = opened[0]["case_id"].as_str().unwrap().to_string();
+    let at = now_ms() - 5 * 60_000;
+    // A case id of this customer (its top 16 bits are the customer's) that names no case.
+    let unknown = format!("{}000000000000", &case_id[..4]);
+    let records: Vec<(String, Vec<u8>)> = [
+        action_line("a-1", &unknown, "c-1", "ACKNOWLEDGE", at, None),
+        action_line("a-2", &case_id, "c-2", "ACKNOWLEDGE", at, None),
+        "{\"action_id\": \"a-3\", \"case_id\": 555".to_string(),
+        action_line("a-4", &case_id, "c-1", "ACKNOWLEDGE", at, None),
+        action_line("a-5", &case_id, "c-1", "ACKNOWLEDGE", at, None),
+    ]
+    .into_iter()
+    .map(|l| ("c-1".to_string(), l.into_bytes()))
+    .collect();
+    produce(&brokers, &t.actions, &records).await;
+    let dlq = consume(&brokers, &t.dlq, 4, WAIT).await;
+    let classes: Vec<String> = dlq
+        .iter()
+        .map(|m| header(m, "cx.error.class").unwrap_or_default())
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            "unknown_case",
+            "customer_mismatch",
+            "json",
+            "already_acknowledged"
+        ],
+        "{dlq:?}"
+    );
+    for m in &dlq {
+        assert_eq!(header(m, "cx.source.topic").as_deref(), Some(t.actions.as_str()));
+        let reason = header(m, "cx.error").unwrap();
+        assert!(
+            !reason.contains("c-1") && !reason.contains("c-2") && !reason.contains("555"),
+            "{reason}"
+        );
+    }
+    // The one good action (a-4) acknowledged the case.
+    let got = alerts(Format::Json, &consume(&brokers, &t.alerts, 2, WAIT).await);
+    assert!(got.iter().any(|a| a["status"] == "ACKNOWLEDGED"), "{got:#?}");
+    svc.stop().await.unwrap();
+    assert_eq!(committed(&brokers, &t.group, &t.actions).await, 5);
+}
+
+/// The action topic must have as many partitions as the input (partition p of both is one
+/// customer range, owned by one instance): otherwise the service refuses to start, naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_topic_with_another_partition_count_is_refused_at_start() {
+    let Some(brokers) = brokers() else { return };
+    let t = topics(&brokers, 1).await;
+    let mut config = config(&brokers, &t, Format::Json, Format::Json);
+    let other = format!("{}-wide", t.actions);
+    cx_sentinel::service::kafka::create_topics(&brokers, &[(&other, 3)])
+        .await
+        .unwrap();
+    config.kafka.action_topic = other.clone();
+    let err = start(config)
+        .await
+        .exited(WAIT)
+        .await
+        .expect("the service stops on its own")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("kafka.action_topic") && err.contains(&other),
+        "{err}"
+    );
+    assert!(err.contains("has 3 partitions") && err.contains("has 1"), "{err}");
+}
