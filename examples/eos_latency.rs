@@ -267,6 +267,7 @@ async fn run_mode(mock: &Mock, args: &Args, mode: &Mode) -> Result<ModeResult> {
         state: format!("state-{tag}"),
         alerts: format!("alerts-{tag}"),
         dlq: format!("dlq-{tag}"),
+        actions: format!("actions-{tag}"),
         group: format!("group-{tag}"),
     };
     let cluster = mock.cluster();
@@ -274,6 +275,7 @@ async fn run_mode(mock: &Mock, args: &Args, mode: &Mode) -> Result<ModeResult> {
     cluster.create_topic(&topics.state, PARTITIONS, 1)?;
     cluster.create_topic(&topics.alerts, 1, 1)?;
     cluster.create_topic(&topics.dlq, 1, 1)?;
+    cluster.create_topic(&topics.actions, PARTITIONS, 1)?;
 
     let mut svc = Service::start(service_config(&brokers, &topics, mode, args.fetch_wait_ms)?).await?;
     svc.wait_ready(Duration::from_secs(60)).await?;
@@ -402,6 +404,7 @@ struct Topics {
     state: String,
     alerts: String,
     dlq: String,
+    actions: String,
     group: String,
 }
 
@@ -412,6 +415,7 @@ fn service_config(brokers: &str, t: &Topics, mode: &Mode, fetch_wait_ms: u32) ->
     c.kafka.input_topic = t.input.clone();
     c.kafka.alert_topic = t.alerts.clone();
     c.kafka.dlq_topic = t.dlq.clone();
+    c.kafka.action_topic = t.actions.clone();
     c.kafka.group_id = t.group.clone();
     c.kafka
         .librdkafka_options

@@ -116,6 +116,10 @@ pub struct KafkaConfig {
     pub input_topic: String,
     pub alert_topic: String,
     pub dlq_topic: String,
+    /// Case actions from the people who step in (acknowledge, resolve, reopen), keyed by
+    /// customer id, with as many partitions as the input topic: partition `p` of both is read by
+    /// the same instance.
+    pub action_topic: String,
     /// Passed to librdkafka as-is, for both consumer and producer (security.protocol,
     /// sasl.*, ssl.*, fetch sizes, ...). Keys set here win over cx-sentinel's defaults.
     pub librdkafka_options: BTreeMap<String, String>,
@@ -162,6 +166,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("input_topic", &self.input_topic)
             .field("alert_topic", &self.alert_topic)
             .field("dlq_topic", &self.dlq_topic)
+            .field("action_topic", &self.action_topic)
             .field("librdkafka_options", &options)
             .finish()
     }
@@ -175,7 +180,7 @@ impl Default for KafkaConfig {
             input_topic: "touchpoints".into(),
             alert_topic: "recovery-alerts".into(),
             dlq_topic: "touchpoints.dlq".into(),
-
+            action_topic: "recovery-actions".into(),
             librdkafka_options: BTreeMap::new(),
         }
     }
@@ -356,6 +361,14 @@ pub struct EngineConfig {
     pub max_journeys: usize,
     /// Open cases per customer; opening one more expires the oldest (rule `case_limit`).
     pub max_open_cases: usize,
+    /// An OPEN (or REOPENED) case no agent has acknowledged within this (event time) escalates
+    /// once (`ack_sla_breach`), as an on-call escalation policy pages the next person.
+    #[serde(with = "humantime_serde")]
+    pub ack_sla: Duration,
+    /// A negative touchpoint on the journey this soon after an agent RESOLVED its case reopens it
+    /// (REOPENED, one severity step up); resolved cases are held this long. Zero: never.
+    #[serde(with = "humantime_serde")]
+    pub reopen_window: Duration,
 }
 
 impl Default for EngineConfig {
@@ -371,6 +384,8 @@ impl Default for EngineConfig {
             recent_touchpoints: 10,
             max_journeys: 4,
             max_open_cases: 4,
+            ack_sla: Duration::from_secs(15 * 60),
+            reopen_window: Duration::from_secs(72 * 3_600),
         }
     }
 }
@@ -388,7 +403,38 @@ pub struct RulesConfig {
     pub experience_decline: ExperienceDeclineConfig,
     pub high_effort: HighEffortConfig,
     pub channel_hopping: ChannelHoppingConfig,
+    /// Which team gets a case and how to reach the customer, by segment; first match wins.
+    pub routing: Vec<Route>,
 }
+
+/// One row of the routing table (`[[rules.routing]]`), matched when a case opens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Glob over the journey; `*` (the default) matches any.
+    #[serde(default = "any_glob")]
+    pub journey: String,
+    /// Glob over the dotted type of the touchpoint that opened the case.
+    #[serde(default = "any_glob")]
+    pub touchpoint: String,
+    /// Customer tiers this row is for; empty (the default) = any tier, including none.
+    #[serde(default)]
+    pub tiers: Vec<String>,
+    /// The team that gets the case.
+    pub queue: String,
+    /// Overrides the stakes table's recommended channel.
+    #[serde(default)]
+    pub channel: Option<Channel>,
+}
+
+fn any_glob() -> String {
+    "*".to_string()
+}
+
+/// Longest queue name: it is a metric label and an alert field.
+pub const MAX_QUEUE_BYTES: usize = 64;
+/// Most rows in `rules.routing` (a case holds its row's index in 16 bits).
+pub const MAX_ROUTES: usize = 1_000;
 
 impl Default for RulesConfig {
     fn default() -> Self {
@@ -407,6 +453,7 @@ impl Default for RulesConfig {
             experience_decline: ExperienceDeclineConfig::default(),
             high_effort: HighEffortConfig::default(),
             channel_hopping: ChannelHoppingConfig::default(),
+            routing: Vec::new(),
         }
     }
 }
@@ -603,6 +650,7 @@ impl Config {
             ("engine.case_sla", e.case_sla),
             ("engine.case_expiry", e.case_expiry),
             ("engine.customer_ttl", e.customer_ttl),
+            ("engine.ack_sla", e.ack_sla),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be longer than zero".into()));
@@ -653,7 +701,45 @@ impl Config {
                 format!("must be 1..=32, got {}", e.max_open_cases),
             ));
         }
+        if e.reopen_window > e.customer_ttl {
+            return Err(bad(
+                "engine.reopen_window",
+                format!(
+                    "must be at most engine.customer_ttl ({}): a resolved case is held that long",
+                    humantime::format_duration(e.customer_ttl)
+                ),
+            ));
+        }
         let r = &self.rules;
+        if r.routing.len() > MAX_ROUTES {
+            return Err(bad(
+                "rules.routing",
+                format!("at most {MAX_ROUTES} entries, got {}", r.routing.len()),
+            ));
+        }
+        for (i, route) in r.routing.iter().enumerate() {
+            for (field, glob) in [("journey", &route.journey), ("touchpoint", &route.touchpoint)] {
+                if glob.trim().is_empty() {
+                    return Err(bad(
+                        &format!("rules.routing[{i}].{field}"),
+                        "must not be empty (use \"*\" for any)".into(),
+                    ));
+                }
+            }
+            let q = &route.queue;
+            if q.trim().is_empty() || q.len() > MAX_QUEUE_BYTES || q.chars().any(char::is_control) {
+                return Err(bad(
+                    &format!("rules.routing[{i}].queue"),
+                    format!("must be 1..={MAX_QUEUE_BYTES} bytes of printable text"),
+                ));
+            }
+            if route.tiers.iter().any(|t| t.trim().is_empty()) {
+                return Err(bad(
+                    &format!("rules.routing[{i}].tiers"),
+                    "must not hold an empty tier".into(),
+                ));
+            }
+        }
         if !(-1.0..=1.0).contains(&r.negative.sentiment) {
             return Err(bad(
                 "rules.negative.sentiment",
@@ -748,6 +834,7 @@ impl Config {
             ("kafka.input_topic", &k.input_topic),
             ("kafka.alert_topic", &k.alert_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
+            ("kafka.action_topic", &k.action_topic),
         ] {
             if value.trim().is_empty() {
                 return Err(bad(key, "must not be empty".into()));
@@ -759,7 +846,12 @@ impl Config {
                 "must differ from kafka.alert_topic and kafka.dlq_topic".into(),
             ));
         }
-
+        if [&k.input_topic, &k.alert_topic, &k.dlq_topic].contains(&&k.action_topic) {
+            return Err(bad(
+                "kafka.action_topic",
+                "must differ from kafka.input_topic, kafka.alert_topic and kafka.dlq_topic".into(),
+            ));
+        }
         if self.output.format == Format::ConfluentAvro
             && self.output.schema_ids.is_empty()
             && self.schema_registry.url.is_none()
@@ -985,6 +1077,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_with_env(text, Path::new("test.toml"), false)
+    }
+
+    #[test]
+    fn routing_rows_are_validated_naming_the_key() {
+        let c = parse("[[rules.routing]]\ntouchpoint = \"payment.*\"\ntiers = [\"vip\"]\nqueue = \"private-banking-desk\"\nchannel = \"VOICE\"\n").unwrap();
+        assert_eq!(c.rules.routing[0].journey, "*");
+        let e = parse("[[rules.routing]]\nqueue = \"a\"\n[[rules.routing]]\nqueue = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rules.routing[1].queue"), "{e}");
+        let e = parse("[[rules.routing]]\nqueue = \"a\"\nchannel = \"PIGEON\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("channel"), "{e}");
+        let e = parse("[engine]\nack_sla = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains("engine.ack_sla"), "{e}");
+        let e = parse("[engine]\nreopen_window = \"60d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine.reopen_window"), "{e}");
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub async fn run(
     cluster.create_topic(&k.input_topic, options.partitions, 1)?;
     cluster.create_topic(&k.alert_topic, 1, 1)?;
     cluster.create_topic(&k.dlq_topic, 1, 1)?;
+    cluster.create_topic(&k.action_topic, options.partitions, 1)?;
     cluster.create_topic(&config.state.changelog_topic, options.partitions, 1)?;
     config.kafka.brokers = brokers.clone();
     eprintln!(

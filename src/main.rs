@@ -39,6 +39,10 @@ enum Command {
         /// would. Without it, replay stops at the newest event time in the file.
         #[arg(long, value_parser = parse_until)]
         until: Option<Until>,
+        /// Agents' case actions (JSON lines of `CaseAction`), merged with the touchpoints by event
+        /// time (at the same instant, touchpoints first).
+        #[arg(long)]
+        actions: Option<PathBuf>,
     },
     /// Run the service: consume touchpoints, publish recovery alerts, serve HTTP. Stops on SIGTERM/SIGINT.
     Run {
@@ -275,6 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             output,
             until,
+            actions,
         } => {
             let config = Config::load(&config)?;
             let file =
@@ -291,10 +296,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => Box::new(BufWriter::new(std::io::stdout().lock())),
             };
             let mut err = std::io::stderr().lock();
-            let summary = cx_sentinel::replay::replay(
+            let mut actions = match &actions {
+                Some(path) => Some(BufReader::new(
+                    std::fs::File::open(path)
+                        .with_context(|| format!("opening actions {}", path.display()))?,
+                )),
+                None => None,
+            };
+            let summary = cx_sentinel::replay::replay_with_actions(
                 config,
                 BufReader::new(file),
                 format,
+                actions.as_mut().map(|a| a as &mut dyn std::io::BufRead),
                 &mut out,
                 &mut err,
                 &now_ms,

@@ -28,6 +28,10 @@ pub const RESTORED_RECORDS: &str = "cx_sentinel_state_restored_records_total";
 pub const RESTORE_SECONDS: &str = "cx_sentinel_state_restore_duration_seconds";
 pub const SHED: &str = "cx_sentinel_customers_shed_total";
 pub const ALERTS_TRIMMED: &str = "cx_sentinel_alerts_trimmed_total";
+pub const CASES: &str = "cx_sentinel_cases_total";
+pub const TIME_TO_ACKNOWLEDGE: &str = "cx_sentinel_time_to_acknowledge_seconds";
+pub const TIME_TO_RECOVER: &str = "cx_sentinel_time_to_recover_seconds";
+pub const CASES_HELD: &str = "cx_sentinel_cases_held";
 pub const TXN_ABORTS: &str = "cx_sentinel_transaction_aborts_total";
 pub const TXN_COMMITS: &str = "cx_sentinel_transaction_commits_total";
 pub const RESTORING: &str = "cx_sentinel_state_restoring_partitions";
@@ -54,6 +58,16 @@ pub struct Metrics {
     pub processing_seconds: Histogram,
     /// Label: status. Event time of the alert to its acknowledgement by the broker.
     pub end_to_end_seconds: HistogramVec,
+    /// Labels: status, rule, severity, queue. Case transitions published (acknowledged by the
+    /// broker): opened, acknowledged, resolved, recovered, reopened, expired, ...
+    pub cases: IntCounterVec,
+    /// Labels: severity, queue. A case's (re)opening to its acknowledgement by an agent. (The
+    /// rule of a lifecycle alert names the transition, not what opened the case: not a label.)
+    pub time_to_acknowledge: HistogramVec,
+    /// Labels: severity, queue, by (agent: RESOLVED; customer: RECOVERED).
+    pub time_to_recover: HistogramVec,
+    /// Labels: status, queue. Cases held in state now (recomputed with `state_bytes`).
+    pub cases_held: IntGaugeVec,
     /// Label: partition.
     pub consumer_lag: IntGaugeVec,
     pub customers: IntGauge,
@@ -99,6 +113,10 @@ impl Metrics {
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
+        // Human response times: a minute to three days (the reopen window).
+        let case_buckets = vec![
+            60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 259200.0,
+        ];
         // Fine between 10 and 100 ms, where an alerting SLO sits (the benchmark's target is a p99
         // of 50 ms): a quantile read from these buckets is off by at most one bucket's width.
         let latency_buckets = vec![
@@ -171,6 +189,46 @@ impl Metrics {
                     )
                     .buckets(latency_buckets),
                     &["status"],
+                )
+                .expect("valid metric"),
+            ),
+            cases: counter_vec(
+                CASES,
+                "Case transitions published, by status (OPEN, ACKNOWLEDGED, RESOLVED, RECOVERED, REOPENED, ...).",
+                &["status", "rule", "severity", "queue"],
+            ),
+            time_to_acknowledge: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        TIME_TO_ACKNOWLEDGE,
+                        "From a case's (re)opening to an agent's acknowledgement (event time).",
+                    )
+                    .buckets(case_buckets.clone()),
+                    &["severity", "queue"],
+                )
+                .expect("valid metric"),
+            ),
+            time_to_recover: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        TIME_TO_RECOVER,
+                        "From a case's (re)opening to its resolution by an agent or recovery by the customer (event time).",
+                    )
+                    .buckets(case_buckets),
+                    &["severity", "queue", "by"],
+                )
+                .expect("valid metric"),
+            ),
+            cases_held: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        CASES_HELD,
+                        "Cases held on this instance by status: OPEN and REOPENED wait for an agent, ACKNOWLEDGED are being worked, RESOLVED are watched for engine.reopen_window (recomputed at most every 10 s).",
+                    ),
+                    &["status", "queue"],
                 )
                 .expect("valid metric"),
             ),

@@ -1,4 +1,5 @@
-//! The data contracts: touchpoints in, recovery alerts out (mirrors `schemas/*.avsc`).
+//! The data contracts: touchpoints and case actions in, recovery alerts out (mirrors
+//! `schemas/*.avsc`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -72,7 +73,12 @@ avro_enum!(
 avro_enum!(
     /// Where a recovery case stands.
     AlertStatus { Open = "OPEN", Escalated = "ESCALATED", Recovered = "RECOVERED", Expired = "EXPIRED",
-                  Withdrawn = "WITHDRAWN" }
+                  Withdrawn = "WITHDRAWN", Acknowledged = "ACKNOWLEDGED", Resolved = "RESOLVED",
+                  Reopened = "REOPENED" }
+);
+avro_enum!(
+    /// What an agent did to a case (`cx.sentinel.v1.ActionKind`).
+    ActionKind { Acknowledge = "ACKNOWLEDGE", Resolve = "RESOLVE", Reopen = "REOPEN" }
 );
 
 impl Severity {
@@ -133,6 +139,67 @@ pub struct RecoveryAlert {
     pub time_to_recover_ms: Option<i64>,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// Who has the case (an agent or team id), once acknowledged.
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// From the case's (re)opening to its acknowledgement, once acknowledged.
+    #[serde(default)]
+    pub time_to_acknowledge_ms: Option<i64>,
+    /// From the case's (re)opening to its resolution by an agent; set on RESOLVED.
+    #[serde(default)]
+    pub time_to_resolve_ms: Option<i64>,
+    /// The agent's resolution code (e.g. `refunded`); set on RESOLVED and on the REOPENED that
+    /// follows it (the fix that did not hold).
+    #[serde(default)]
+    pub resolution: Option<String>,
+    /// The team that gets the case (`rules.routing`), `"default"` when no route matched.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+}
+
+/// The queue of a case no `rules.routing` entry matched.
+pub const DEFAULT_QUEUE: &str = "default";
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_string()
+}
+
+/// What an agent did to a case (`cx.sentinel.v1.CaseAction`). Kafka key: customer_id.
+///
+/// `Debug` leaves `note` out: it is free text an agent typed and may hold anything; it is stored
+/// nowhere and never logged.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseAction {
+    /// Idempotency key: a repeated action changes nothing.
+    pub action_id: String,
+    pub case_id: String,
+    pub customer_id: String,
+    pub action: ActionKind,
+    /// Agent or team id.
+    pub actor: String,
+    pub occurred_at: Millis,
+    /// Resolution code, e.g. `refunded`, `called-back` (RESOLVE).
+    pub resolution: Option<String>,
+    /// How the customer was reached.
+    pub channel: Option<Channel>,
+    /// Free text: stored nowhere, never logged.
+    pub note: Option<String>,
+}
+
+impl std::fmt::Debug for CaseAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaseAction")
+            .field("action_id", &self.action_id)
+            .field("case_id", &self.case_id)
+            .field("customer_id", &self.customer_id)
+            .field("action", &self.action)
+            .field("actor", &self.actor)
+            .field("occurred_at", &self.occurred_at)
+            .field("resolution", &self.resolution)
+            .field("channel", &self.channel)
+            .field("note", &self.note.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -146,5 +213,27 @@ mod tests {
         assert_eq!(Outcome::parse("abandoned"), None);
         assert_eq!(Severity::Medium.step_up(), Severity::High);
         assert_eq!(Severity::Critical.step_up(), Severity::Critical);
+        // Appended after WITHDRAWN: the indices of older symbols never move.
+        assert_eq!(AlertStatus::Withdrawn.index(), 4);
+        assert_eq!(AlertStatus::from_index(5), Some(AlertStatus::Acknowledged));
+        assert_eq!(AlertStatus::from_index(7), Some(AlertStatus::Reopened));
+    }
+
+    #[test]
+    fn debug_of_an_action_never_shows_its_note() {
+        let a = CaseAction {
+            action_id: "a1".into(),
+            case_id: "c1".into(),
+            customer_id: "cust".into(),
+            action: ActionKind::Resolve,
+            actor: "agent-7".into(),
+            occurred_at: 1,
+            resolution: Some("refunded".into()),
+            channel: Some(Channel::Voice),
+            note: Some("called him at 555-0100".into()),
+        };
+        let text = format!("{a:?}");
+        assert!(!text.contains("555-0100"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
     }
 }

@@ -1,5 +1,5 @@
 //! One readable line per recovery alert, shared by `tail` and `demo`: event time, severity,
-//! status, customer, journey, rule, recommended channel, queue (when the alert has one) and
+//! status, customer, journey, rule, recommended channel, queue (when routed, not `default`) and
 //! reason, with ANSI colour for a terminal.
 //!
 //! It reads the alert as JSON, so a status, severity or field added after this build is shown as
@@ -93,7 +93,12 @@ pub fn line(alert: &Value, color: bool) -> String {
         out.push_str(" -> ");
         out.push_str(&one_line(channel));
     }
-    if let Some(queue) = alert.get("queue").and_then(Value::as_str) {
+    // The default queue says nothing a reader needs: only a routed case names its team.
+    if let Some(queue) = alert
+        .get("queue")
+        .and_then(Value::as_str)
+        .filter(|q| *q != "default")
+    {
         out.push_str(" queue=");
         out.push_str(&one_line(queue));
     }

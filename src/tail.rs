@@ -309,6 +309,11 @@ mod tests {
             recent_touchpoints: vec![],
             time_to_recover_ms: None,
             attributes: Default::default(),
+            actor: None,
+            time_to_acknowledge_ms: None,
+            time_to_resolve_ms: None,
+            resolution: None,
+            queue: "default".into(),
         }
     }
 

@@ -62,6 +62,9 @@ async fn refused_deliveries_are_sent_again_until_they_land() {
         .unwrap();
     let mut config: Config = config(&brokers, &t, Format::Json, Format::Json);
     config.processing.commit_interval = Duration::from_millis(200);
+    // Compared with replay: timers follow event time only, as in replay (otherwise the idle
+    // clock would fire every case's ack SLA by today's wall clock; tests/common explains).
+    timers_follow_event_time_only(&mut config);
     // librdkafka gives a record up after 1 s of refused retries: the service sees the failure.
     for (k, v) in [("message.timeout.ms", "1000"), ("retry.backoff.ms", "50")] {
         config.kafka.librdkafka_options.insert(k.into(), v.into());

@@ -154,6 +154,10 @@ fn dashboard_panels_cover_what_operators_ask_for() {
         "cx_sentinel_state_bytes",
         "cx_sentinel_state_restoring_partitions",
         "cx_sentinel_state_restore_duration_seconds_bucket",
+        "cx_sentinel_cases_held",
+        "cx_sentinel_cases_total",
+        "cx_sentinel_time_to_acknowledge_seconds_bucket",
+        "cx_sentinel_time_to_recover_seconds_bucket",
     ] {
         assert!(all.contains(needed), "no dashboard query has {needed}");
     }
@@ -207,8 +211,8 @@ fn metric_name_scan_finds_histogram_series_and_plain_names() {
     assert_eq!(missing(&named, &got), ["cx_sentinel_gone"]);
 }
 
-/// The service on the real broker with one alert and one dead letter behind it, so every label
-/// set the dashboard and rules need has appeared; then every name they use must be on `/metrics`.
+/// The service on the real broker with alerts, a dead letter and an acknowledged then resolved
+/// case behind it, so every label set the dashboard and rules need has appeared; then every name they use must be on `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_rules_use_is_exported() {
     let Some(brokers) = brokers() else { return };
@@ -227,6 +231,30 @@ async fn every_metric_the_dashboard_and_rules_use_is_exported() {
         consume(&brokers, &t.dlq, 1, Duration::from_secs(60)).await.len(),
         1
     );
+    // An agent acknowledges and resolves the first case: the case analytics get their series.
+    let first = &alerts(
+        Format::Json,
+        &consume(&brokers, &t.alerts, 1, Duration::from_secs(60)).await,
+    )[0];
+    let (case, customer) = (
+        first["case_id"].as_str().unwrap(),
+        first["customer_id"].as_str().unwrap(),
+    );
+    let at = first["event_time"].as_i64().unwrap();
+    let actions = [
+        action_line("a-1", case, customer, "ACKNOWLEDGE", at + 60_000, None),
+        action_line("a-2", case, customer, "RESOLVE", at + 120_000, Some("refunded")),
+    ];
+    produce(
+        &brokers,
+        &t.actions,
+        &actions.map(|a| (customer.to_string(), a.into_bytes())),
+    )
+    .await;
+    // Other alerts may come between (the idle partition's clock escalates on the ack SLA).
+    let resolved = |by_id: &ById| by_id.values().any(|v| v[0]["status"] == "RESOLVED");
+    let by_id = collect_alerts(&brokers, &t.alerts, Duration::from_secs(60), resolved).await;
+    assert!(resolved(&by_id), "{by_id:#?}");
 
     let dashboard_names = metric_names(&dashboard_queries(&dashboard()).join("\n"));
     let rule_names = metric_names(&std::fs::read_to_string(repo("deploy/prometheus/alerts.yml")).unwrap());

@@ -1,4 +1,5 @@
-//! exactly_once mode: alerts, changelog and input offsets commit in one transaction; a reader
+//! exactly_once mode: alerts, changelog and the offsets of both inputs (touchpoints, case
+//! actions) commit in one transaction; a reader
 //! with `read_committed` sees every expected alert exactly once. Against the tansu broker process:
 //! a SIGKILL mid-stream and a restart, with state restored from the committed changelog. Against
 //! librdkafka's mock cluster: a fenced producer (`PRODUCER_FENCED` on EndTxn), a fault only the
@@ -44,16 +45,66 @@ async fn run(fence: bool) {
     let mut config: Config = config(&brokers, &t, Format::Json, Format::Json);
     config.processing.guarantee = Guarantee::ExactlyOnce;
     config.processing.commit_interval = Duration::from_millis(200);
+    // Compared with replay: timers follow event time only, as in replay (otherwise the idle
+    // clock would fire every case's ack SLA by today's wall clock; tests/common explains).
+    timers_follow_event_time_only(&mut config);
 
     let first = lines(0, 60);
     let second = lines(60, 120);
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
-    let expected = replay(&config, &all);
-    assert_eq!(expected.len(), 40);
+    let early = replay(&config, &first);
+    // Agents acknowledge every case the first half opens, a minute after it opened, and resolve
+    // every other one a minute later: the actions share the transactions with the touchpoints.
+    // (The mock cluster keeps no offsets committed in a transaction; the broker test below
+    // checks the action offsets.)
+    let actions: Vec<(String, String)> = early
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| {
+            let (case, customer) = (a["case_id"].as_str().unwrap(), a["customer_id"].as_str().unwrap());
+            let at = a["event_time"].as_i64().unwrap();
+            let ack = action_line(
+                &format!("ack-{i}"),
+                case,
+                customer,
+                "ACKNOWLEDGE",
+                at + 60_000,
+                None,
+            );
+            let resolve = (i % 2 == 0).then(|| {
+                action_line(
+                    &format!("res-{i}"),
+                    case,
+                    customer,
+                    "RESOLVE",
+                    at + 120_000,
+                    Some("refunded"),
+                )
+            });
+            std::iter::once(ack)
+                .chain(resolve)
+                .map(move |line| (customer.to_string(), line))
+        })
+        .collect();
+    let action_lines: Vec<String> = actions.iter().map(|(_, l)| l.clone()).collect();
+    let expected = replay_with_actions(&config, &all, &action_lines);
+    let acted = expected
+        .iter()
+        .filter(|a| a["status"] == "ACKNOWLEDGED" || a["status"] == "RESOLVED")
+        .count();
+    assert!(
+        early.len() >= 20 && acted == actions.len() && expected.len() > early.len() + acted,
+        "{} then {} ({acted} by agents)",
+        early.len(),
+        expected.len()
+    );
 
     produce(&brokers, &t.input, &keyed(&first)).await;
     let svc = start(config).await;
-    assert_eq!(committed_alerts(&brokers, &t.alerts, 20).await.len(), 20);
+    assert_eq!(
+        committed_alerts(&brokers, &t.alerts, early.len()).await.len(),
+        early.len()
+    );
     if fence {
         // The next transaction commit is refused as if a newer producer had taken over.
         cluster.request_errors(
@@ -61,8 +112,13 @@ async fn run(fence: bool) {
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
         );
     }
+    let records: Vec<(String, Vec<u8>)> = actions
+        .iter()
+        .map(|(customer, line)| (customer.clone(), line.clone().into_bytes()))
+        .collect();
+    produce(&brokers, &t.actions, &records).await;
     produce(&brokers, &t.input, &keyed(&second)).await;
-    let got = committed_alerts(&brokers, &t.alerts, 40).await;
+    let got = committed_alerts(&brokers, &t.alerts, expected.len()).await;
     let metrics = svc.get("/metrics").await.1;
     svc.stop().await.unwrap();
     assert_eq!(got, expected, "each expected alert exactly once");
@@ -169,6 +225,29 @@ async fn on_the_broker(signal: &str) {
         "{} alerts committed before the stop",
         early.len()
     );
+    // Agents acknowledge ten of the committed cases while the first instance runs; the stop
+    // lands before, during or after their transactions, and each is applied exactly once.
+    let acks: Vec<(String, Vec<u8>)> = early
+        .iter()
+        .filter(|a| a["status"] == "OPEN")
+        .take(10)
+        .enumerate()
+        .map(|(i, a)| {
+            let customer = a["customer_id"].as_str().unwrap();
+            let at = a["event_time"].as_i64().unwrap() + 60_000;
+            let line = action_line(
+                &format!("ack-{i}"),
+                a["case_id"].as_str().unwrap(),
+                customer,
+                "ACKNOWLEDGE",
+                at,
+                None,
+            );
+            (customer.to_string(), line.into_bytes())
+        })
+        .collect();
+    assert_eq!(acks.len(), 10);
+    produce(&brokers, &t.actions, &acks).await;
     let sent = std::process::Command::new("kill")
         .args([signal, &first.id().to_string()])
         .status()
@@ -181,7 +260,7 @@ async fn on_the_broker(signal: &str) {
     let log = std::env::var("CX_TEST_CHILD_LOG_DIR").map_or(log, |d| Path::new(&d).join("second.log"));
     let mut second = spawn_with(&brokers, &t, &config_file, &eos, Some(&log));
     let got = collect_committed(&brokers, &t.alerts, Duration::from_secs(150), |n| {
-        n >= expected.len()
+        n >= expected.len() + acks.len()
     })
     .await;
     // A little longer: a duplicate would arrive after the last expected alert.
@@ -215,6 +294,13 @@ async fn on_the_broker(signal: &str) {
         "{} of {} committed, expected alerts missing, e.g. {missing:?}",
         ids.len(),
         expected.len()
+    );
+    let acked = got.iter().filter(|a| a["status"] == "ACKNOWLEDGED").count();
+    assert_eq!(acked, acks.len(), "each acknowledgement published once");
+    assert_eq!(
+        committed_sum(&brokers, &t.group, &t.actions, 3).await,
+        acks.len() as i64,
+        "the action offsets committed with the transactions that published them"
     );
     let opens: Vec<serde_json::Value> = got.into_iter().filter(|a| a["status"] == "OPEN").collect();
     assert_eq!(opens, expected);
@@ -262,9 +348,11 @@ async fn an_idle_sla_escalation_is_committed_under_exactly_once() {
     })
     .to_string();
     produce(&brokers, &t.input, &keyed(&[line])).await;
-    let got = committed_alerts(&brokers, &t.alerts, 2).await;
+    // OPEN, the ack SLA's escalation (15 min, long past) and the recovery SLA's.
+    let got = committed_alerts(&brokers, &t.alerts, 3).await;
     let statuses: Vec<&str> = got.iter().map(|a| a["status"].as_str().unwrap()).collect();
-    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().any(|a| a["rule"] == "sla_breach"), "{got:?}");
     assert!(
         statuses.contains(&"OPEN") && statuses.contains(&"ESCALATED"),
         "{statuses:?}"

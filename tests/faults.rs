@@ -75,7 +75,13 @@ async fn an_unwritable_output_topic_stops_the_process_and_loses_nothing() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let t = Topics::unique();
-    for (topic, partitions) in [(&t.input, 1), (&t.state, 1), (&t.alerts, 1), (&t.dlq, 1)] {
+    for (topic, partitions) in [
+        (&t.input, 1),
+        (&t.state, 1),
+        (&t.alerts, 1),
+        (&t.dlq, 1),
+        (&t.actions, 1),
+    ] {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     let config = config(&brokers, &t, Format::Json, Format::Json);
@@ -160,7 +166,13 @@ async fn an_unreadable_changelog_keeps_the_instance_not_ready_then_stops_it() {
     let cluster = MockCluster::new(2).unwrap();
     let brokers = cluster.bootstrap_servers();
     let t = Topics::unique();
-    for (topic, leader) in [(&t.input, 1), (&t.state, 2), (&t.alerts, 1), (&t.dlq, 1)] {
+    for (topic, leader) in [
+        (&t.input, 1),
+        (&t.state, 2),
+        (&t.alerts, 1),
+        (&t.dlq, 1),
+        (&t.actions, 1),
+    ] {
         cluster.create_topic(topic, 1, 1).unwrap();
         cluster.partition_leader(topic, 0, Some(leader)).unwrap();
     }

@@ -1,4 +1,5 @@
-//! Golden scenarios: `tests/scenarios/<name>/input.jsonl` through `replay` must give
+//! Golden scenarios: `tests/scenarios/<name>/input.jsonl` (with the agents' case actions of
+//! `actions.jsonl`, when present, merged in by event time) through `replay` must give
 //! `expected.jsonl` (alerts minus `detected_at`). `REWRITE=1 cargo test --test golden` regenerates
 //! the expected files; review the diff. Each scenario also asserts the facts it exists for.
 
@@ -18,12 +19,16 @@ fn run(name: &str) -> Vec<Value> {
     let dir = scenario_dir(name);
     let config = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")).unwrap();
     let input = std::fs::File::open(dir.join("input.jsonl")).unwrap();
+    let mut actions = std::fs::File::open(dir.join("actions.jsonl"))
+        .ok()
+        .map(std::io::BufReader::new);
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    let summary = cx_sentinel::replay::replay(
+    let summary = cx_sentinel::replay::replay_with_actions(
         config,
         std::io::BufReader::new(input),
         Format::Json,
+        actions.as_mut().map(|a| a as &mut dyn std::io::BufRead),
         &mut out,
         &mut problems,
         &|| 1_900_000_000_000,
@@ -31,6 +36,12 @@ fn run(name: &str) -> Vec<Value> {
     )
     .unwrap();
     assert_eq!(summary.rejected, 0, "{}", String::from_utf8_lossy(&problems));
+    assert_eq!(
+        summary.actions_rejected,
+        0,
+        "{}",
+        String::from_utf8_lossy(&problems)
+    );
     let alerts: Vec<Value> = String::from_utf8(out)
         .unwrap()
         .lines()
@@ -89,12 +100,14 @@ fn reservation_cancelled_in_error_pages_high() {
 #[test]
 fn isp_cancellation_loop_is_one_case_not_several() {
     let a = run("isp_cancellation_loop");
-    assert_eq!(statuses(&a), ["OPEN", "ESCALATED"]);
+    // No agent acknowledged it: the ack SLA pages the next person before the repeat negative.
+    assert_eq!(statuses(&a), ["OPEN", "ESCALATED", "ESCALATED"]);
     assert_eq!(field(&a[0], "rule"), "high_effort");
     assert!(field(&a[0], "reason").contains("4 times"), "{}", a[0]);
-    assert_eq!(field(&a[1], "rule"), "repeat_negative");
-    assert_eq!(field(&a[0], "case_id"), field(&a[1], "case_id"));
-    assert_ne!(field(&a[0], "alert_id"), field(&a[1], "alert_id"));
+    assert_eq!(field(&a[1], "rule"), "ack_sla_breach");
+    assert_eq!(field(&a[2], "rule"), "repeat_negative");
+    assert!(a.iter().all(|x| field(x, "case_id") == field(&a[0], "case_id")));
+    assert_ne!(field(&a[1], "alert_id"), field(&a[2], "alert_id"));
 }
 
 #[test]
@@ -117,9 +130,11 @@ fn health_result_share_keeps_sensitive_attributes_in() {
 #[test]
 fn failure_then_callback_opens_then_recovers() {
     let a = run("failure_then_callback");
-    assert_eq!(statuses(&a), ["OPEN", "RECOVERED"]);
-    assert_eq!(a[1]["time_to_recover_ms"], 7_200_000);
-    assert_eq!(field(&a[0], "case_id"), field(&a[1], "case_id"));
+    // The callback came 2 h later with no acknowledgement on record: the ack SLA fired first.
+    assert_eq!(statuses(&a), ["OPEN", "ESCALATED", "RECOVERED"]);
+    assert_eq!(field(&a[1], "rule"), "ack_sla_breach");
+    assert_eq!(a[2]["time_to_recover_ms"], 7_200_000);
+    assert_eq!(field(&a[0], "case_id"), field(&a[2], "case_id"));
 }
 
 #[test]
@@ -135,11 +150,13 @@ fn noisy_low_stakes_customer_pages_no_one() {
 #[test]
 fn unanswered_case_escalates_at_sla_then_expires() {
     let a = run("unanswered_case");
-    assert_eq!(statuses(&a), ["OPEN", "ESCALATED", "EXPIRED"]);
-    assert_eq!(field(&a[1], "rule"), "sla_breach");
+    assert_eq!(statuses(&a), ["OPEN", "ESCALATED", "ESCALATED", "EXPIRED"]);
+    assert_eq!(field(&a[1], "rule"), "ack_sla_breach");
+    assert_eq!(field(&a[2], "rule"), "sla_breach");
     let opened = a[0]["event_time"].as_i64().unwrap();
-    assert_eq!(a[1]["event_time"].as_i64().unwrap() - opened, 4 * 3_600_000);
-    assert_eq!(a[2]["event_time"].as_i64().unwrap() - opened, 30 * 86_400_000);
+    assert_eq!(a[1]["event_time"].as_i64().unwrap() - opened, 15 * 60_000);
+    assert_eq!(a[2]["event_time"].as_i64().unwrap() - opened, 4 * 3_600_000);
+    assert_eq!(a[3]["event_time"].as_i64().unwrap() - opened, 30 * 86_400_000);
 }
 
 /// An IVR platform posts its batch late: the self-service SUCCESS from before the fourth call
@@ -157,9 +174,60 @@ fn late_ivr_batch_withdraws_the_effort_case_and_a_wrong_clock_changes_nothing() 
     assert!(a.iter().all(|x| field(x, "customer_id") == "cust-520"), "{a:?}");
 }
 
+/// An agent acknowledges a payment failure within the ack SLA and resolves it: every subscriber
+/// sees who has it and how long each step took; the repeated RESOLVE (a redelivery) changes
+/// nothing, and the note in it is published nowhere.
+#[test]
+fn acknowledged_payment_failure_resolved_by_the_agent() {
+    let a = run("acknowledged_and_resolved");
+    assert_eq!(statuses(&a), ["OPEN", "ACKNOWLEDGED", "RESOLVED"]);
+    assert_eq!(field(&a[1], "actor"), "agent-ana");
+    assert_eq!(a[1]["time_to_acknowledge_ms"], 6 * 60_000);
+    assert_eq!(field(&a[2], "resolution"), "refunded");
+    assert_eq!(a[2]["time_to_resolve_ms"], 40 * 60_000);
+    assert!(a.iter().all(|x| field(x, "case_id") == field(&a[0], "case_id")));
+    assert!(a.iter().all(|x| field(x, "queue") == "default"));
+    assert!(!format!("{a:?}").contains("555-0100"), "the note leaked");
+}
+
+/// No agent acknowledges a payment failure within 15 minutes: it escalates once on the ack SLA
+/// (same severity: an escalation to people), then the late acknowledgement still applies.
+#[test]
+fn unacknowledged_payment_failure_escalates_on_the_ack_sla() {
+    let a = run("unacknowledged_escalates");
+    assert_eq!(statuses(&a), ["OPEN", "ESCALATED", "ACKNOWLEDGED"]);
+    assert_eq!(field(&a[1], "rule"), "ack_sla_breach");
+    assert_eq!(field(&a[1], "severity"), field(&a[0], "severity"));
+    let opened = a[0]["event_time"].as_i64().unwrap();
+    assert_eq!(a[1]["event_time"].as_i64().unwrap() - opened, 15 * 60_000);
+    assert_eq!(a[2]["time_to_acknowledge_ms"], 25 * 60_000);
+}
+
+/// The agent resolved the case; the customer fails again the next day (within the 72 h reopen
+/// window): the same case reopens one severity step up, carrying the resolution that did not
+/// hold, and a new agent acknowledges the new round.
+#[test]
+fn resolved_case_reopens_on_a_new_failure_within_the_window() {
+    let a = run("resolved_case_reopens");
+    assert_eq!(
+        statuses(&a),
+        ["OPEN", "ACKNOWLEDGED", "RESOLVED", "REOPENED", "ACKNOWLEDGED"]
+    );
+    assert_eq!(field(&a[3], "severity"), "CRITICAL");
+    assert_eq!(field(&a[3], "resolution"), "called-back");
+    assert!(a[3]["actor"].is_null());
+    assert_eq!(field(&a[4], "actor"), "agent-cy");
+    assert!(a.iter().all(|x| field(x, "case_id") == field(&a[0], "case_id")));
+    let ids: std::collections::BTreeSet<&str> = a.iter().map(|x| field(x, "alert_id")).collect();
+    assert_eq!(ids.len(), a.len(), "alert ids are unique per alert");
+}
+
 #[test]
 fn every_scenario_directory_is_covered() {
     let known = [
+        "acknowledged_and_resolved",
+        "unacknowledged_escalates",
+        "resolved_case_reopens",
         "late_ivr_batch",
         "payment_wrong_amount",
         "reservation_confirmed_in_error",

@@ -183,10 +183,16 @@ async fn tls_listener_service_consumes_and_alerts_and_a_wrong_ca_fails_the_start
     let security = [("security.protocol", "SSL"), ("ssl.ca.location", cert.as_str())];
     let t = Topics::unique();
     let admin: AdminClient<DefaultClientContext> = client(&bootstrap, &security).create().unwrap();
-    let new: Vec<NewTopic<'_>> = [(&t.input, 1), (&t.state, 1), (&t.alerts, 1), (&t.dlq, 1)]
-        .into_iter()
-        .map(|(name, parts)| NewTopic::new(name, parts, TopicReplication::Fixed(1)))
-        .collect();
+    let new: Vec<NewTopic<'_>> = [
+        (&t.input, 1),
+        (&t.state, 1),
+        (&t.alerts, 1),
+        (&t.dlq, 1),
+        (&t.actions, 1),
+    ]
+    .into_iter()
+    .map(|(name, parts)| NewTopic::new(name, parts, TopicReplication::Fixed(1)))
+    .collect();
     for r in admin
         .create_topics(
             &new,

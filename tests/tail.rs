@@ -35,6 +35,11 @@ fn alert(n: u32, status: AlertStatus, severity: Severity, ttr: Option<i64>) -> R
         recent_touchpoints: vec![],
         time_to_recover_ms: ttr,
         attributes: Default::default(),
+        actor: None,
+        time_to_acknowledge_ms: None,
+        time_to_resolve_ms: None,
+        resolution: None,
+        queue: "default".into(),
     }
 }
 

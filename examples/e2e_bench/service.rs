@@ -20,6 +20,9 @@ pub(crate) struct ServiceTopics {
     pub(crate) input: String,
     pub(crate) alerts: String,
     dlq: String,
+    /// Case actions: none are sent, but the service reads the topic (as many partitions as the
+    /// input).
+    actions: String,
     /// The compacted state changelog (as many partitions as the input), unless it is off.
     pub(crate) state: Option<String>,
     pub(crate) group: String,
@@ -41,10 +44,15 @@ impl ServiceTopics {
             input: input.unwrap_or_else(|| unique(&format!("{prefix}-in"))),
             alerts: unique(&format!("{prefix}-alerts")),
             dlq: unique(&format!("{prefix}-dlq")),
+            actions: unique(&format!("{prefix}-actions")),
             state: changelog.then(|| unique(&format!("{prefix}-state"))),
             group: unique(&format!("{prefix}-group")),
         };
-        let mut new = vec![(t.alerts.as_str(), 1), (t.dlq.as_str(), 1)];
+        let mut new = vec![
+            (t.alerts.as_str(), 1),
+            (t.dlq.as_str(), 1),
+            (t.actions.as_str(), partitions),
+        ];
         if t.input_created {
             new.push((t.input.as_str(), partitions));
         }
@@ -63,7 +71,7 @@ impl ServiceTopics {
     }
 
     pub(crate) fn created(&self) -> Vec<String> {
-        let mut v = vec![self.alerts.clone(), self.dlq.clone()];
+        let mut v = vec![self.alerts.clone(), self.dlq.clone(), self.actions.clone()];
         v.extend(self.state.clone());
         if self.input_created {
             v.push(self.input.clone());
@@ -77,6 +85,7 @@ pub(crate) fn service_config(args: &Args, base: &Config, t: &ServiceTopics) -> C
     c.kafka.input_topic = t.input.clone();
     c.kafka.alert_topic = t.alerts.clone();
     c.kafka.dlq_topic = t.dlq.clone();
+    c.kafka.action_topic = t.actions.clone();
     c.kafka.group_id = t.group.clone();
     if let Some(state) = &t.state {
         c.state.changelog_topic = state.clone();

@@ -6,8 +6,8 @@
 
 use super::{DecodeError, validate};
 use crate::model::{
-    AlertStatus, Channel, Direction, Outcome, RecentTouchpoint, RecoveryAlert, Severity, Touchpoint,
-    TouchpointKind,
+    ActionKind, AlertStatus, CaseAction, Channel, Direction, Outcome, RecentTouchpoint, RecoveryAlert,
+    Severity, Touchpoint, TouchpointKind,
 };
 use apache_avro::Schema;
 use apache_avro::types::Value;
@@ -16,6 +16,7 @@ use std::sync::LazyLock;
 
 pub const TOUCHPOINT_SCHEMA_TEXT: &str = include_str!("../../schemas/touchpoint.avsc");
 pub const ALERT_SCHEMA_TEXT: &str = include_str!("../../schemas/recovery_alert.avsc");
+pub const ACTION_SCHEMA_TEXT: &str = include_str!("../../schemas/case_action.avsc");
 
 static TOUCHPOINT_SCHEMA: LazyLock<Schema> =
     LazyLock::new(|| Schema::parse_str(TOUCHPOINT_SCHEMA_TEXT).expect("schemas/touchpoint.avsc is valid"));
@@ -25,6 +26,100 @@ static ALERT_SCHEMA: LazyLock<Schema> =
 /// The `Touchpoint` schema this build reads with.
 pub fn touchpoint_schema() -> &'static Schema {
     &TOUCHPOINT_SCHEMA
+}
+
+static ACTION_SCHEMA: LazyLock<Schema> =
+    LazyLock::new(|| Schema::parse_str(ACTION_SCHEMA_TEXT).expect("schemas/case_action.avsc is valid"));
+
+/// The `CaseAction` schema this build reads with.
+pub fn action_schema() -> &'static Schema {
+    &ACTION_SCHEMA
+}
+
+/// Decodes and validates one bare `CaseAction` datum written with our schema (Confluent framing
+/// is the caller's: [`confluent_unframe`]). Size-checked first; errors name fields, never values.
+pub fn decode_action(datum: &[u8]) -> Result<CaseAction, DecodeError> {
+    super::check_record_size(datum)?;
+    limit_allocations();
+    let mut reader = datum;
+    let value =
+        apache_avro::from_avro_datum(action_schema(), &mut reader, None).map_err(|e| generic_error(&e))?;
+    if !reader.is_empty() {
+        return Err(avro_err("trailing bytes after the datum"));
+    }
+    super::validate_action(action_from_value(value)?)
+}
+
+/// A decoded `CaseAction` record to the model. Errors name the field and the type, not the value.
+fn action_from_value(value: Value) -> Result<CaseAction, DecodeError> {
+    let mut f = fields(value, "CaseAction")?;
+    let string = |f: &mut HashMap<String, Value>, name: &str| match f.remove(name) {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(avro_err(format!("field {name}: expected string"))),
+    };
+    let opt_string = |f: &mut HashMap<String, Value>, name: &str| match f.remove(name).map(|v| match v {
+        Value::Union(_, b) => *b,
+        v => v,
+    }) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(avro_err(format!("field {name}: expected string or null"))),
+    };
+    let action = match f.remove("action") {
+        Some(Value::Enum(i, _)) => ActionKind::from_index(i as usize),
+        _ => None,
+    }
+    .ok_or_else(|| avro_err("field action: expected an ActionKind symbol"))?;
+    let channel = match f.remove("channel").map(|v| match v {
+        Value::Union(_, b) => *b,
+        v => v,
+    }) {
+        None | Some(Value::Null) => None,
+        Some(Value::Enum(i, _)) => {
+            Some(Channel::from_index(i as usize).ok_or_else(|| avro_err("field channel: unknown symbol"))?)
+        }
+        Some(_) => return Err(avro_err("field channel: expected a Channel symbol or null")),
+    };
+    let occurred_at = match f.remove("occurred_at") {
+        Some(Value::TimestampMillis(t) | Value::Long(t)) => t,
+        _ => return Err(avro_err("field occurred_at: expected timestamp-millis")),
+    };
+    Ok(CaseAction {
+        action_id: string(&mut f, "action_id")?,
+        case_id: string(&mut f, "case_id")?,
+        customer_id: string(&mut f, "customer_id")?,
+        action,
+        actor: string(&mut f, "actor")?,
+        occurred_at,
+        resolution: opt_string(&mut f, "resolution")?,
+        channel,
+        note: opt_string(&mut f, "note")?,
+    })
+}
+
+/// The model to a `CaseAction` record value (tests, tools, the demo).
+pub fn action_to_value(a: &CaseAction) -> Value {
+    let channel = match a.channel {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(c) => Value::Union(1, Box::new(enum_value(c.index(), c.as_str()))),
+    };
+    Value::Record(vec![
+        ("action_id".into(), Value::String(a.action_id.clone())),
+        ("case_id".into(), Value::String(a.case_id.clone())),
+        ("customer_id".into(), Value::String(a.customer_id.clone())),
+        ("action".into(), enum_value(a.action.index(), a.action.as_str())),
+        ("actor".into(), Value::String(a.actor.clone())),
+        ("occurred_at".into(), Value::TimestampMillis(a.occurred_at)),
+        ("resolution".into(), opt_string(&a.resolution)),
+        ("channel".into(), channel),
+        ("note".into(), opt_string(&a.note)),
+    ])
+}
+
+/// A case action as a bare Avro datum.
+pub fn encode_action(a: &CaseAction) -> Vec<u8> {
+    apache_avro::to_avro_datum(action_schema(), action_to_value(a))
+        .expect("an action always matches its schema")
 }
 
 /// The `RecoveryAlert` schema this build writes.
@@ -685,7 +780,22 @@ pub fn alert_to_value(a: &RecoveryAlert) -> Value {
             },
         ),
         ("attributes".into(), string_map(&a.attributes)),
+        ("actor".into(), opt_string(&a.actor)),
+        (
+            "time_to_acknowledge_ms".into(),
+            opt_long(a.time_to_acknowledge_ms),
+        ),
+        ("time_to_resolve_ms".into(), opt_long(a.time_to_resolve_ms)),
+        ("resolution".into(), opt_string(&a.resolution)),
+        ("queue".into(), Value::String(a.queue.clone())),
     ])
+}
+
+fn opt_long(v: Option<i64>) -> Value {
+    match v {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(n) => Value::Union(1, Box::new(Value::Long(n))),
+    }
 }
 
 /// An alert as a bare Avro datum, appended to `out`.
@@ -749,12 +859,21 @@ pub fn alert_from_value(value: Value) -> Result<RecoveryAlert, DecodeError> {
         experience_score: num(&mut f, "experience_score")?,
         customer_tier: take_opt_string(&mut f, "customer_tier")?,
         recent_touchpoints: recent,
-        time_to_recover_ms: take_opt(&mut f, "time_to_recover_ms", |v| match v {
-            Value::Long(l) => Some(l),
-            _ => None,
-        })?,
+        time_to_recover_ms: take_opt(&mut f, "time_to_recover_ms", long)?,
         attributes: take_map(&mut f, "attributes")?,
+        actor: take_opt_string(&mut f, "actor")?,
+        time_to_acknowledge_ms: take_opt(&mut f, "time_to_acknowledge_ms", long)?,
+        time_to_resolve_ms: take_opt(&mut f, "time_to_resolve_ms", long)?,
+        resolution: take_opt_string(&mut f, "resolution")?,
+        queue: take_string(&mut f, "queue")?,
     })
+}
+
+fn long(v: Value) -> Option<i64> {
+    match v {
+        Value::Long(l) => Some(l),
+        _ => None,
+    }
 }
 
 /// Reads touchpoints from an Avro object container file, resolving its writer schema to ours.
@@ -844,6 +963,11 @@ mod tests {
             }],
             time_to_recover_ms: Some(5),
             attributes: BTreeMap::new(),
+            actor: Some("agent-7".into()),
+            time_to_acknowledge_ms: Some(60_000),
+            time_to_resolve_ms: None,
+            resolution: None,
+            queue: "payments-support".into(),
         };
         let mut bytes = Vec::new();
         encode_alert(&a, &mut bytes);

@@ -1,7 +1,9 @@
 //! JSON forms: touchpoints in (event time as RFC 3339 or epoch ms), alerts out.
 
-use super::{DecodeError, invalid, validate};
-use crate::model::{Channel, Direction, Outcome, RecoveryAlert, Touchpoint, TouchpointKind};
+use super::{DecodeError, invalid, validate, validate_action};
+use crate::model::{
+    ActionKind, CaseAction, Channel, Direction, Outcome, RecoveryAlert, Touchpoint, TouchpointKind,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -72,6 +74,45 @@ pub fn decode_touchpoint(
     )
 }
 
+/// The JSON shape of a case action; unknown fields are ignored, as for touchpoints.
+#[derive(Deserialize)]
+struct JsonCaseAction {
+    action_id: String,
+    case_id: String,
+    customer_id: String,
+    action: ActionKind,
+    actor: String,
+    occurred_at: EventTime,
+    #[serde(default)]
+    resolution: Option<String>,
+    #[serde(default)]
+    channel: Option<Channel>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// Decodes and validates one JSON case action (event time as RFC 3339 or epoch ms). The caller
+/// checks the record size first ([`super::check_record_size`]), as for touchpoints.
+pub fn decode_action(bytes: &[u8]) -> Result<CaseAction, DecodeError> {
+    let j: JsonCaseAction = serde_json::from_slice(bytes)
+        .map_err(|e| DecodeError::Json(super::without_values(&e.to_string())))?;
+    let occurred_at = match j.occurred_at {
+        EventTime::Millis(ms) => ms,
+        EventTime::Text(s) => parse_rfc3339(&s)?,
+    };
+    validate_action(CaseAction {
+        action_id: j.action_id,
+        case_id: j.case_id,
+        customer_id: j.customer_id,
+        action: j.action,
+        actor: j.actor,
+        occurred_at,
+        resolution: j.resolution,
+        channel: j.channel,
+        note: j.note,
+    })
+}
+
 /// One alert as a JSON object (no trailing newline).
 pub fn encode_alert(alert: &RecoveryAlert, out: &mut Vec<u8>) {
     serde_json::to_writer(out, alert).expect("an alert always serializes");
@@ -80,6 +121,50 @@ pub fn encode_alert(alert: &RecoveryAlert, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn case_actions_decode_drop_the_note_and_never_quote_a_value() {
+        let ok = br#"{"action_id":"a1","case_id":"0123456789abcdef","customer_id":"c","action":"RESOLVE","actor":"agent-7","occurred_at":"2026-03-02T09:40:00Z","resolution":"refunded","channel":"VOICE","note":"call 555-0100"}"#;
+        let a = decode_action(ok).unwrap();
+        assert_eq!(a.action, ActionKind::Resolve);
+        assert_eq!(a.resolution.as_deref(), Some("refunded"));
+        assert_eq!(a.note, None, "the note is stored nowhere");
+        for (bad, field) in [
+            (
+                r#"{"action_id":"a1","case_id":"x","customer_id":"c","action":"CLOSE","actor":"z","occurred_at":1}"#,
+                "action",
+            ),
+            (
+                r#"{"action_id":" ","case_id":"x","customer_id":"c","action":"RESOLVE","actor":"z","occurred_at":1}"#,
+                "action_id",
+            ),
+            (
+                r#"{"action_id":"a","case_id":"x","customer_id":"c","action":"RESOLVE","actor":"z","occurred_at":-5}"#,
+                "occurred_at",
+            ),
+        ] {
+            let e = decode_action(bad.as_bytes()).unwrap_err();
+            // serde names no field for an unknown enum symbol; ours name theirs.
+            assert!(e.class() == "json" || e.to_string().contains(field), "{e}");
+            assert!(!e.to_string().contains("CLOSE"), "{e}");
+        }
+        let note = "n".repeat(super::super::MAX_NOTE_BYTES + 1);
+        let long = format!(
+            r#"{{"action_id":"a","case_id":"x","customer_id":"c","action":"ACKNOWLEDGE","actor":"z","occurred_at":1,"note":"{note}"}}"#
+        );
+        let e = decode_action(long.as_bytes()).unwrap_err();
+        assert_eq!(e.class(), "too_large");
+        assert!(!e.to_string().contains("nnnn"), "{e}");
+    }
+
+    #[test]
+    fn case_actions_round_trip_through_avro() {
+        let a = decode_action(br#"{"action_id":"a1","case_id":"0123456789abcdef","customer_id":"c","action":"ACKNOWLEDGE","actor":"team-payments","occurred_at":5,"channel":"CHAT"}"#).unwrap();
+        let bytes = crate::codec::avro::encode_action(&a);
+        assert_eq!(crate::codec::avro::decode_action(&bytes).unwrap(), a);
+        let e = crate::codec::avro::decode_action(&bytes[..bytes.len() / 2]).unwrap_err();
+        assert_eq!(e.class(), "avro");
+    }
 
     fn none(_: &str) -> bool {
         false

@@ -1,10 +1,10 @@
-//! Wire formats: touchpoints in (JSON, raw Avro datum, Confluent-framed Avro), alerts out, and
-//! the validation every decoded touchpoint passes before the engine sees it.
+//! Wire formats: touchpoints and agents' case actions in (JSON, raw Avro datum, Confluent-framed
+//! Avro), alerts out, and the validation every decoded record passes before the engine sees it.
 
 pub mod avro;
 pub mod json;
 
-use crate::model::Touchpoint;
+use crate::model::{CaseAction, Touchpoint};
 use serde::{Deserialize, Serialize};
 
 /// How records on a topic (or lines in a file) are encoded.
@@ -140,6 +140,10 @@ pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 128;
 pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1_024;
 /// Most attributes on one touchpoint.
 pub const MAX_ATTRIBUTES: usize = 64;
+/// Longest resolution code (`refunded`, `called-back`): a short label, not prose.
+pub const MAX_RESOLUTION_BYTES: usize = 64;
+/// Longest action note accepted (it is then dropped: stored nowhere, never logged).
+pub const MAX_NOTE_BYTES: usize = 8 * 1024;
 /// Largest encoded record accepted (checked before decoding).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
@@ -166,6 +170,43 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> DecodeError {
         field,
         problem: problem.into(),
     }
+}
+
+/// Checks what the schema cannot express in an agent's action. Errors name the field, never its
+/// value (the note least of all). The note is dropped here: the engine has no use for it, and
+/// what is not held cannot leak.
+pub fn validate_action(mut a: CaseAction) -> Result<CaseAction, DecodeError> {
+    for (field, value) in [
+        ("action_id", &a.action_id),
+        ("case_id", &a.case_id),
+        ("customer_id", &a.customer_id),
+        ("actor", &a.actor),
+    ] {
+        if value.trim().is_empty() {
+            return Err(invalid(field, "must not be empty"));
+        }
+        if value.len() > MAX_ID_BYTES {
+            return Err(too_large(field, value.len(), MAX_ID_BYTES));
+        }
+    }
+    if let Some(r) = &a.resolution {
+        if r.len() > MAX_RESOLUTION_BYTES {
+            return Err(too_large("resolution", r.len(), MAX_RESOLUTION_BYTES));
+        }
+        if r.trim().is_empty() || r.chars().any(char::is_control) {
+            return Err(invalid("resolution", "must be printable text, not empty"));
+        }
+    }
+    if let Some(n) = &a.note
+        && n.len() > MAX_NOTE_BYTES
+    {
+        return Err(too_large("note", n.len(), MAX_NOTE_BYTES));
+    }
+    if !(0..=MAX_EVENT_TIME).contains(&a.occurred_at) {
+        return Err(invalid("occurred_at", "must be between 1970 and 9999"));
+    }
+    a.note = None;
+    Ok(a)
 }
 
 /// Checks what the schema cannot express, and drops sensitive attributes so the engine never

@@ -16,14 +16,16 @@ pub mod state;
 
 use crate::config::Config;
 use crate::model::{
-    AlertStatus, Channel, Direction, Millis, RecentTouchpoint, RecoveryAlert, Severity, Touchpoint,
-    TouchpointKind,
+    ActionKind, AlertStatus, CaseAction, Channel, Direction, Millis, RecentTouchpoint, RecoveryAlert,
+    Severity, Touchpoint, TouchpointKind,
 };
 use dashmap::DashMap;
 use intern::Interner;
 use rules::{Polarity, Rules, Stake};
 use serde::Serialize;
-use state::{Case, CompactId, CustomerKey, CustomerState, Episode, NO_TIER, Recent, RuleId, fnv64};
+use state::{
+    Case, CaseStatus, CompactId, CustomerKey, CustomerState, Episode, Human, NO_TIER, Recent, RuleId, fnv64,
+};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
@@ -60,6 +62,15 @@ pub enum Effect {
     },
     /// Customers dropped from state (idle past the TTL, or shed at the customer cap).
     Evicted { keys: Vec<Arc<str>> },
+    /// An agent's action that cannot apply ([`Stream::push_action`]): dead-letter it. `class` is
+    /// low-cardinality (`unknown_case`, `customer_mismatch`, `closed_case`,
+    /// `already_acknowledged`, `not_resolved`, `malformed`, `future`); `reason` names the problem
+    /// and quotes no value.
+    Rejected {
+        seq: u64,
+        class: &'static str,
+        reason: String,
+    },
 }
 
 /// Shared engine: compiled rules plus the customer map.
@@ -68,6 +79,15 @@ pub struct Engine {
     customers: DashMap<CustomerKey, Box<CustomerState>, ahash::RandomState>,
     touchpoint_types: Interner<Stake>,
     tiers: Interner<f64>,
+}
+
+/// What [`Engine::state_totals`] finds in one walk of the customers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StateTotals {
+    /// Sum of [`CustomerState::footprint`] plus the keys' heap bytes.
+    pub bytes: usize,
+    /// Held cases by (queue, status).
+    pub cases: BTreeMap<(String, &'static str), usize>,
 }
 
 /// A read-only view of one customer, for the person who picks up an alert.
@@ -81,7 +101,8 @@ pub struct CustomerView {
     pub open_cases: Vec<CaseView>,
 }
 
-/// An open case as [`CustomerView`] shows it.
+/// A held case as [`CustomerView`] shows it, with its human side. A RESOLVED case is held (and
+/// shown) for `engine.reopen_window` in case the fix does not hold.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseView {
     pub case_id: String,
@@ -92,6 +113,38 @@ pub struct CaseView {
     pub last_touch: Millis,
     pub escalated: bool,
     pub recommended_channel: Channel,
+    /// OPEN, ACKNOWLEDGED, RESOLVED or REOPENED.
+    pub status: &'static str,
+    pub queue: String,
+    pub actor: Option<String>,
+    pub acknowledged_at: Option<Millis>,
+    pub resolved_at: Option<Millis>,
+    pub resolution: Option<String>,
+}
+
+/// `Some(t)` unless `t` is the "unset" mark.
+fn set_time(t: Millis) -> Option<Millis> {
+    (t != Millis::MIN).then_some(t)
+}
+
+/// The 16 top bits of a case hash: the customer's, so that an action naming another customer's
+/// case can be told from one naming no case (`customer_mismatch` vs `unknown_case`).
+const CUSTOMER_BITS: u64 = 0xffff_0000_0000_0000;
+
+/// A case id back to its hash (16 lower-case hex digits).
+fn parse_case_id(id: &str) -> Option<u64> {
+    if id.len() != 16
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    u64::from_str_radix(id, 16).ok()
+}
+
+fn duration(ms: Millis) -> humantime::FormattedDuration {
+    humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64))
 }
 
 fn round_to(x: f64, places: i32) -> f64 {
@@ -165,6 +218,32 @@ impl Engine {
         self.customers.retain(|k, _| keep(k.as_str()));
     }
 
+    /// One walk of every customer for the gauges that need one: state bytes and held cases.
+    /// Every (queue, status) pair of the routing table is present, zero or not, so a gauge
+    /// that drops to zero is set to zero rather than left at its last value.
+    pub fn state_totals(&self) -> StateTotals {
+        let routes = self.rules.config.rules.routing.len();
+        // Index `routes` is the default queue (a case no route matched, or whose route is gone).
+        let mut by_route = vec![[0usize; 4]; routes + 1];
+        let mut bytes = 0;
+        for e in self.customers.iter() {
+            bytes += e.value().footprint() + e.key().heap_bytes();
+            for c in e.value().cases() {
+                by_route[usize::from(c.human.queue).min(routes)][c.human.status as usize] += 1;
+            }
+        }
+        let mut cases = BTreeMap::new();
+        for (route, counts) in by_route.iter().enumerate() {
+            let queue = self
+                .rules
+                .queue_name(u16::try_from(route).unwrap_or(rules::NO_ROUTE));
+            for status in CaseStatus::ALL {
+                *cases.entry((queue.to_string(), status.as_str())).or_insert(0) += counts[status as usize];
+            }
+        }
+        StateTotals { bytes, cases }
+    }
+
     /// What we know about one customer, if this instance holds them.
     pub fn customer(&self, customer_id: &str) -> Option<CustomerView> {
         let guard = self.customers.get(customer_id.as_bytes())?;
@@ -188,6 +267,12 @@ impl Engine {
                     last_touch: c.last_touch,
                     escalated: c.escalated,
                     recommended_channel: c.channel,
+                    status: c.human.status.as_str(),
+                    queue: self.rules.queue_name(c.human.queue).to_string(),
+                    actor: c.human.actor.as_deref().map(str::to_string),
+                    acknowledged_at: set_time(c.human.acknowledged_at),
+                    resolved_at: set_time(c.human.resolved_at),
+                    resolution: c.human.resolution.as_deref().map(str::to_string),
                 })
                 .collect(),
         })
@@ -234,8 +319,18 @@ impl Engine {
             + f64::from(case.weight)
             + (-score).clamp(0.0, 50.0) / 10.0;
         let case_id = case.case_id();
+        let h = &case.human;
+        // `{case}-{status}`, unique per alert: the ack SLA's escalation is told from the recovery
+        // SLA's, and every round after a reopening carries its number.
+        let mut alert_id = format!("{case_id}-{}", spec.status.as_str().to_ascii_lowercase());
+        if spec.rule == RuleId::AckSlaBreach {
+            alert_id.push_str("-ack");
+        }
+        if h.reopens > 0 {
+            alert_id.push_str(&format!("-{}", h.reopens));
+        }
         Box::new(RecoveryAlert {
-            alert_id: format!("{case_id}-{}", spec.status.as_str().to_ascii_lowercase()),
+            alert_id,
             case_id,
             status: spec.status,
             customer_id: customer.to_string(),
@@ -253,6 +348,14 @@ impl Engine {
             recent_touchpoints: self.recent(s),
             time_to_recover_ms: spec.time_to_recover_ms,
             attributes: spec.attributes,
+            actor: h.actor.as_deref().map(str::to_string),
+            time_to_acknowledge_ms: set_time(h.acknowledged_at).map(|t| (t - h.round_start).max(0)),
+            time_to_resolve_ms: (spec.status == AlertStatus::Resolved)
+                .then(|| (h.resolved_at - h.round_start).max(0)),
+            resolution: matches!(spec.status, AlertStatus::Resolved | AlertStatus::Reopened)
+                .then(|| h.resolution.as_deref().map(str::to_string))
+                .flatten(),
+            queue: self.rules.queue_name(h.queue).to_string(),
         })
     }
 
@@ -271,23 +374,74 @@ impl Engine {
     ) -> bool {
         let r = &self.rules;
         loop {
-            // (deadline, is_expiry, index): SLA before expiry at the same instant.
-            let mut due: Option<(Millis, bool, usize)> = None;
+            // (deadline, kind, index); at the same instant in kind order.
+            let mut due: Option<(Millis, Timer, usize)> = None;
+            let mut consider = |deadline: Millis, kind: Timer, i: usize| {
+                if due.is_none_or(|d| (deadline, kind) < (d.0, d.1)) {
+                    due = Some((deadline, kind, i));
+                }
+            };
             for (i, c) in s.cases().iter().enumerate() {
-                let sla = c.opened_at.saturating_add(r.sla_ms);
-                if !c.escalated && sla <= t && due.is_none_or(|d| (sla, false) < (d.0, d.1)) {
-                    due = Some((sla, false, i));
+                let h = &c.human;
+                if h.status == CaseStatus::Resolved {
+                    // Held only in case it reopens: no SLA or expiry; dropped quietly (its
+                    // RESOLVED alert was the last word) once a negative can no longer reopen it.
+                    let forget = h.resolved_at.saturating_add(r.reopen_window_ms);
+                    if forget.saturating_add(hold) <= t {
+                        consider(forget, Timer::Forget, i);
+                    }
+                    continue;
+                }
+                let ack = h.round_start.saturating_add(r.ack_sla_ms);
+                if h.status.awaits_ack() && !h.ack_breached && ack <= t {
+                    consider(ack, Timer::AckSla, i);
+                }
+                // From the start of the round: a reopened case gets the SLA afresh.
+                let sla = h.round_start.saturating_add(r.sla_ms);
+                if !c.escalated && sla <= t {
+                    consider(sla, Timer::Sla, i);
                 }
                 let exp = c.last_touch.saturating_add(r.case_expiry_ms);
-                if exp.saturating_add(hold) <= t && due.is_none_or(|d| (exp, true) < (d.0, d.1)) {
-                    due = Some((exp, true, i));
+                if exp.saturating_add(hold) <= t {
+                    consider(exp, Timer::Expiry, i);
                 }
             }
-            let Some((deadline, is_expiry, i)) = due else {
+            let Some((deadline, kind, i)) = due else {
                 break;
             };
+            if kind == Timer::Forget {
+                s.extra_mut().cases.remove(i);
+                s.shrink_extra();
+                continue;
+            }
             let case = s.cases()[i].clone();
-            let alert = if is_expiry {
+            let alert = if kind == Timer::AckSla {
+                s.extra_mut().cases[i].human.ack_breached = true;
+                let reason = format!(
+                    "Case on journey '{}' ({}) has waited {} for an agent of queue '{}' to acknowledge it; page the next person on call.",
+                    case.journey,
+                    case.rule.as_str(),
+                    humantime::format_duration(r.config.engine.ack_sla),
+                    r.queue_name(case.human.queue)
+                );
+                // An escalation to people, not of the customer's urgency: severity stays.
+                self.build_alert(
+                    customer,
+                    s,
+                    &case,
+                    AlertSpec {
+                        status: AlertStatus::Escalated,
+                        rule: RuleId::AckSlaBreach,
+                        severity: case.severity,
+                        event_time: deadline,
+                        trigger_event_id: &case.last_event_id,
+                        reason,
+                        time_to_recover_ms: None,
+                        attributes: BTreeMap::new(),
+                    },
+                    now,
+                )
+            } else if kind == Timer::Expiry {
                 s.extra_mut().cases.remove(i);
                 let reason = format!(
                     "No touchpoint on journey '{}' for {} since the case opened by {}; closed without recovery - review whether the customer was lost.",
@@ -353,8 +507,20 @@ impl Engine {
         // Idle eviction needs no timer: `Stream` sweeps, and `apply` resets a stale state itself.
         let mut d = Millis::MAX;
         for c in s.cases() {
+            let h = &c.human;
+            if h.status == CaseStatus::Resolved {
+                d = d.min(
+                    h.resolved_at
+                        .saturating_add(r.reopen_window_ms)
+                        .saturating_add(hold),
+                );
+                continue;
+            }
+            if h.status.awaits_ack() && !h.ack_breached {
+                d = d.min(h.round_start.saturating_add(r.ack_sla_ms));
+            }
             if !c.escalated {
-                d = d.min(c.opened_at.saturating_add(r.sla_ms));
+                d = d.min(h.round_start.saturating_add(r.sla_ms));
             }
             d = d.min(c.last_touch.saturating_add(r.case_expiry_ms).saturating_add(hold));
         }
@@ -515,6 +681,49 @@ impl Engine {
             // Before the positive that started this journey's episode (it arrived late): in event
             // order the positive came after it, so it neither opens nor escalates a case.
             _ if place == Place::BeforeRecovery => {}
+            (_, Some(i)) if s.cases()[i].is_resolved() => {
+                let resolved_at = s.cases()[i].human.resolved_at;
+                if polarity == Polarity::Positive {
+                    self.reset_episode(s, journey_hash as u32, t);
+                }
+                let case = &mut s.extra_mut().cases[i];
+                if t < resolved_at {
+                    // Late: in event time it came before the agent closed the case. It counts as
+                    // it would have then, with no alert (the case is closed), so that the held
+                    // case is the same whichever arrived first.
+                    case.last_touch = case.last_touch.max(t);
+                    if polarity == Polarity::Negative && case.opened_at <= t && !case.escalated {
+                        case.escalated = true;
+                        case.severity = case.severity.step_up();
+                    }
+                } else if polarity == Polarity::Negative {
+                    case.last_event_id = ev.event_id.as_str().into();
+                    let reason = format!(
+                        "Reopened: {} ended {} on {} (journey '{}') {} after the case was resolved; the fix did not hold - contact the customer by {}.",
+                        ev.touchpoint,
+                        ev.outcome,
+                        ev.channel,
+                        ev.journey,
+                        duration(t - resolved_at),
+                        case.channel
+                    );
+                    let alert = self.reopen(
+                        &ev.customer_id,
+                        s,
+                        i,
+                        t,
+                        RuleId::Reopened,
+                        &ev.event_id,
+                        reason,
+                        r.shareable_attributes(&ev),
+                        now,
+                    );
+                    out.push(Effect::Alert {
+                        alert,
+                        seq: Some(seq),
+                    });
+                }
+            }
             // A late positive between the case's opening and a later negative that opens a case
             // on its own: in event time the customer recovered and then failed again, so the
             // case stays open (for that later failure).
@@ -606,32 +815,45 @@ impl Engine {
                 case.last_event_id = ev.event_id.as_str().into();
             }
             (_, None) => {
-                if let Some((rule, severity, reason)) = self.evaluate(
-                    &ev,
-                    &Facts {
-                        tier: s.tier,
-                        polarity,
-                        stake,
-                        tier_mult,
-                        score: s.score,
-                        episode: ep,
-                    },
-                ) {
+                let mut facts = Facts {
+                    tier: s.tier,
+                    polarity,
+                    stake,
+                    tier_mult,
+                    score: s.score,
+                    episode: ep,
+                };
+                let mut found = self.evaluate(&ev, &facts);
+                // Routing is looked up only when a case opens (not per touchpoint); a route that
+                // overrides the channel has the reason say that channel.
+                let mut route = rules::NO_ROUTE;
+                if found.is_some() && !r.config.rules.routing.is_empty() {
+                    let tier = (s.tier != NO_TIER).then(|| self.tiers.name(s.tier));
+                    route = r.route(&ev.journey, &ev.touchpoint, tier.as_deref());
+                    if let Some(channel) = r.route_channel(route)
+                        && channel != stake.channel
+                    {
+                        facts.stake.channel = channel;
+                        found = self.evaluate(&ev, &facts);
+                    }
+                }
+                if let Some((rule, severity, reason)) = found {
                     let case = Case {
                         journey: ev.journey.as_str().into(),
                         journey_hash,
-                        case_hash: fnv64(&[
-                            ev.customer_id.as_bytes(),
-                            ev.journey.as_bytes(),
-                            &t.to_le_bytes(),
-                            ev.event_id.as_bytes(),
-                        ]),
+                        case_hash: (customer_hash(&ev.customer_id) & CUSTOMER_BITS)
+                            | (fnv64(&[
+                                ev.customer_id.as_bytes(),
+                                ev.journey.as_bytes(),
+                                &t.to_le_bytes(),
+                                ev.event_id.as_bytes(),
+                            ]) & !CUSTOMER_BITS),
                         opened_at: t,
                         last_touch: t,
                         last_event_id: ev.event_id.as_str().into(),
                         rule,
                         severity,
-                        channel: stake.channel,
+                        channel: facts.stake.channel,
                         escalated: false,
                         weight: (stake.weight * tier_mult) as f32,
                         // Opened by a moment of truth failing: that failure holds the case open
@@ -644,6 +866,7 @@ impl Engine {
                         } else {
                             Millis::MIN
                         },
+                        human: Human::new(t, route),
                     };
                     let alert = self.build_alert(
                         &ev.customer_id,
@@ -664,7 +887,11 @@ impl Engine {
                     if s.cases().len() >= r.config.engine.max_open_cases {
                         self.expire_oldest_case(&ev.customer_id, s, t, now, seq, out);
                     }
-                    s.extra_mut().cases.push(case);
+                    // Grown one case at a time (a Vec's first push reserves four): most customers
+                    // with a case have one, and a case with its human side is ~180 bytes.
+                    let cases = &mut s.extra_mut().cases;
+                    cases.reserve_exact(1);
+                    cases.push(case);
                     out.push(Effect::Alert {
                         alert,
                         seq: Some(seq),
@@ -684,6 +911,259 @@ impl Engine {
         requeue
     }
 
+    /// Reopens resolved case `i` at `t` (a negative touchpoint within the reopen window, or an
+    /// agent's REOPEN): one severity step up, a new round that no agent has yet (the ack SLA runs
+    /// again from `t`).
+    #[allow(clippy::too_many_arguments)]
+    fn reopen(
+        &self,
+        customer: &str,
+        s: &mut CustomerState,
+        i: usize,
+        t: Millis,
+        rule: RuleId,
+        trigger: &str,
+        reason: String,
+        attributes: BTreeMap<String, String>,
+        now: Millis,
+    ) -> Box<RecoveryAlert> {
+        let c = &mut s.extra_mut().cases[i];
+        c.severity = c.severity.step_up();
+        c.last_touch = c.last_touch.max(t);
+        // A new round: its own recovery SLA and repeat-negative escalation.
+        c.escalated = false;
+        let h = &mut c.human;
+        h.status = CaseStatus::Reopened;
+        h.reopens = h.reopens.saturating_add(1);
+        h.round_start = t;
+        h.ack_breached = false;
+        h.acknowledged_at = Millis::MIN;
+        h.actor = None;
+        let case = c.clone();
+        self.build_alert(
+            customer,
+            s,
+            &case,
+            AlertSpec {
+                status: AlertStatus::Reopened,
+                rule,
+                severity: case.severity,
+                event_time: t,
+                trigger_event_id: trigger,
+                reason,
+                time_to_recover_ms: None,
+                attributes,
+            },
+            now,
+        )
+    }
+
+    /// Applies one agent's action to its case (see [`Stream::push_action`]). Returns the customer
+    /// key and deadline to (re)queue.
+    fn apply_action(
+        &self,
+        a: CaseAction,
+        seq: u64,
+        now: Millis,
+        out: &mut Vec<Effect>,
+    ) -> Option<(Arc<str>, Millis)> {
+        let reject = |out: &mut Vec<Effect>, class: &'static str, reason: &str| {
+            out.push(Effect::Rejected {
+                seq,
+                class,
+                reason: reason.to_string(),
+            });
+        };
+        let Some(hash) = parse_case_id(&a.case_id) else {
+            reject(
+                out,
+                "malformed",
+                "case_id is not a case id (16 lower-case hex digits)",
+            );
+            return None;
+        };
+        let unknown = |out: &mut Vec<Effect>| {
+            if hash & CUSTOMER_BITS == customer_hash(&a.customer_id) & CUSTOMER_BITS {
+                reject(
+                    out,
+                    "unknown_case",
+                    "no case with this case_id is held for the customer (never opened, or closed and forgotten)",
+                );
+            } else {
+                reject(
+                    out,
+                    "customer_mismatch",
+                    "case_id was not issued for this customer_id",
+                );
+            }
+        };
+        let Some(mut guard) = self.customers.get_mut(a.customer_id.as_bytes()) else {
+            unknown(out);
+            return None;
+        };
+        let s: &mut CustomerState = &mut guard;
+        let t = a.occurred_at;
+        // In event order the customer's timers due by the action's time come first (an ack after
+        // the ack SLA's deadline finds it breached whichever arrived first). Idleness past the
+        // TTL is left to the stream's sweep: an action never creates or resets a state.
+        self.fire_due(&a.customer_id, s, t, 0, now, out);
+        let Some(i) = s.cases().iter().position(|c| c.case_hash == hash) else {
+            unknown(out);
+            return None;
+        };
+        let action_hash = Human::action_hash(&a.action_id);
+        if s.cases()[i].human.has_applied(action_hash) {
+            out.push(Effect::Duplicate { seq });
+            return None;
+        }
+        let r = &self.rules;
+        let status = s.cases()[i].human.status;
+        // A refused action is remembered too: its redelivery after the case moved on (say, a
+        // RESOLVE refused as closed, redelivered after a REOPEN) must not apply then.
+        let refuse = |s: &mut CustomerState, out: &mut Vec<Effect>, class: &'static str, reason: &str| {
+            s.extra_mut().cases[i].human.remember_action(action_hash);
+            reject(out, class, reason);
+        };
+        let alert = match (a.action, status) {
+            (ActionKind::Acknowledge, CaseStatus::Open | CaseStatus::Reopened) => {
+                let c = &mut s.extra_mut().cases[i];
+                let h = &mut c.human;
+                // An agent's clock may be a little behind the case's: never before it opened.
+                h.acknowledged_at = t.max(h.round_start);
+                h.status = CaseStatus::Acknowledged;
+                h.actor = Some(a.actor.as_str().into());
+                h.remember_action(action_hash);
+                let case = c.clone();
+                let reason = format!(
+                    "Acknowledged by {} after {}; queue '{}' has the case on journey '{}'.",
+                    a.actor,
+                    duration(case.human.acknowledged_at - case.human.round_start),
+                    r.queue_name(case.human.queue),
+                    case.journey
+                );
+                self.action_alert(
+                    &a,
+                    s,
+                    &case,
+                    AlertStatus::Acknowledged,
+                    RuleId::Acknowledged,
+                    reason,
+                    now,
+                )
+            }
+            (ActionKind::Acknowledge, CaseStatus::Acknowledged) => {
+                refuse(s, out, "already_acknowledged", "case is already acknowledged");
+                return None;
+            }
+            (ActionKind::Acknowledge | ActionKind::Resolve, CaseStatus::Resolved) => {
+                refuse(
+                    s,
+                    out,
+                    "closed_case",
+                    "case is resolved; only REOPEN applies to it",
+                );
+                return None;
+            }
+            (ActionKind::Resolve, _) => {
+                let c = &mut s.extra_mut().cases[i];
+                let h = &mut c.human;
+                h.resolved_at = t.max(h.round_start);
+                h.status = CaseStatus::Resolved;
+                h.actor = Some(a.actor.as_str().into());
+                h.resolution = a.resolution.as_deref().map(Into::into);
+                h.remember_action(action_hash);
+                let case = c.clone();
+                let reason = format!(
+                    "Resolved by {}{} after {}; a negative touchpoint on journey '{}' within {} reopens it.",
+                    a.actor,
+                    a.resolution
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
+                    duration(case.human.resolved_at - case.human.round_start),
+                    case.journey,
+                    humantime::format_duration(r.config.engine.reopen_window)
+                );
+                self.action_alert(&a, s, &case, AlertStatus::Resolved, RuleId::Resolved, reason, now)
+            }
+            (ActionKind::Reopen, CaseStatus::Resolved) => {
+                let reason = format!(
+                    "Reopened by {}: the resolution did not hold; contact the customer by {}.",
+                    a.actor,
+                    s.cases()[i].channel
+                );
+                let alert = self.reopen(
+                    &a.customer_id,
+                    s,
+                    i,
+                    t,
+                    RuleId::AgentReopen,
+                    &a.action_id,
+                    reason,
+                    BTreeMap::new(),
+                    now,
+                );
+                s.extra_mut().cases[i].human.remember_action(action_hash);
+                alert
+            }
+            (ActionKind::Reopen, _) => {
+                refuse(
+                    s,
+                    out,
+                    "not_resolved",
+                    "case is not resolved; REOPEN applies only to a resolved case",
+                );
+                return None;
+            }
+        };
+        out.push(Effect::Alert {
+            alert,
+            seq: Some(seq),
+        });
+        let customer: Arc<str> = Arc::from(a.customer_id.as_str());
+        let deadline = self.next_deadline(s, self.rules.lateness_ms);
+        let requeue = (deadline < s.queued_deadline).then(|| {
+            s.queued_deadline = deadline;
+            (customer.clone(), deadline)
+        });
+        out.push(Effect::Applied { seq, customer });
+        requeue
+    }
+
+    /// The alert of an agent's ACKNOWLEDGE or RESOLVE: at the action's time, triggered by it.
+    #[allow(clippy::too_many_arguments)]
+    fn action_alert(
+        &self,
+        a: &CaseAction,
+        s: &CustomerState,
+        case: &Case,
+        status: AlertStatus,
+        rule: RuleId,
+        reason: String,
+        now: Millis,
+    ) -> Box<RecoveryAlert> {
+        let event_time = match status {
+            AlertStatus::Resolved => case.human.resolved_at,
+            _ => case.human.acknowledged_at,
+        };
+        self.build_alert(
+            &a.customer_id,
+            s,
+            case,
+            AlertSpec {
+                status,
+                rule,
+                severity: case.severity,
+                event_time,
+                trigger_event_id: &a.action_id,
+                reason,
+                time_to_recover_ms: None,
+                attributes: BTreeMap::new(),
+            },
+            now,
+        )
+    }
+
     /// Makes room for a new case by closing the customer's oldest one, loudly: its followers
     /// learn it was not recovered.
     fn expire_oldest_case(
@@ -695,6 +1175,11 @@ impl Engine {
         seq: u64,
         out: &mut Vec<Effect>,
     ) {
+        // A resolved case is closed already: forgetting it needs no alert.
+        if let Some(i) = s.cases().iter().position(Case::is_resolved) {
+            s.extra_mut().cases.remove(i);
+            return;
+        }
         let Some(oldest) = (0..s.cases().len()).min_by_key(|&i| (s.cases()[i].opened_at, i)) else {
             return;
         };
@@ -983,6 +1468,20 @@ impl Engine {
     }
 }
 
+/// A case timer; at the same instant they fire in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    AckSla,
+    Sla,
+    Expiry,
+    /// A resolved case past its reopen window.
+    Forget,
+}
+
+fn customer_hash(customer: &str) -> u64 {
+    fnv64(&[customer.as_bytes()])
+}
+
 /// Where a touchpoint fell in its journey's episode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -1110,6 +1609,42 @@ impl Stream {
             self.timers.push(Reverse((timer.1, timer.0)));
         }
         self.fire_timers(now, out);
+    }
+
+    /// Takes one agent's action (`seq` identifies its record) that arrived at `arrival` (its
+    /// record's timestamp live, the processing clock in replay) at processing time `now`, and
+    /// applies it to its case at once. Ends with exactly one of `Applied`, `Duplicate` or
+    /// `Rejected` for `seq`, after any alert it caused.
+    ///
+    /// Actions are human decisions, not customer events: they are applied whenever their case is
+    /// still held, however far behind the watermark (never dead-lettered as late), and they move
+    /// neither the event-time clock nor the idleness clock (an agents' stream must not hold back
+    /// the timers of a partition whose customers have gone quiet). One stamped further ahead of
+    /// its arrival than `engine.max_clock_skew` is rejected with class `future` (not
+    /// [`Effect::Future`], which carries a touchpoint).
+    pub fn push_action(
+        &mut self,
+        action: CaseAction,
+        seq: u64,
+        arrival: Millis,
+        now: Millis,
+        out: &mut Vec<Effect>,
+    ) {
+        let ahead_ms = action.occurred_at.saturating_sub(arrival);
+        if ahead_ms > self.engine.rules.skew_ms {
+            out.push(Effect::Rejected {
+                seq,
+                class: "future",
+                reason: format!(
+                    "future: action is stamped {ahead_ms} ms ahead of its arrival (max clock skew {})",
+                    humantime::format_duration(self.engine.rules.config.engine.max_clock_skew)
+                ),
+            });
+            return;
+        }
+        if let Some(timer) = self.engine.apply_action(action, seq, now, out) {
+            self.timers.push(Reverse((timer.1, timer.0)));
+        }
     }
 
     /// Processing time passes with no input (a tick, live): once the input has been idle for

@@ -34,7 +34,12 @@ pub struct Rules {
     pub effort_window_ms: Millis,
     pub hopping_window_ms: Millis,
     pub episode_window_ms: Millis,
+    pub ack_sla_ms: Millis,
+    pub reopen_window_ms: Millis,
 }
+
+/// [`Case::queue`](super::state::Case) of a case no route matched: the queue `"default"`.
+pub const NO_ROUTE: u16 = u16::MAX;
 
 fn ms(d: std::time::Duration) -> Millis {
     d.as_millis().min(i64::MAX as u128) as Millis
@@ -65,6 +70,8 @@ impl Rules {
             effort_window_ms: ms(r.high_effort.window),
             hopping_window_ms: ms(r.channel_hopping.window),
             episode_window_ms: ms(r.high_effort.window.max(r.channel_hopping.window)),
+            ack_sla_ms: ms(e.ack_sla),
+            reopen_window_ms: ms(e.reopen_window),
             config,
         }
     }
@@ -109,6 +116,52 @@ impl Rules {
                 ..type_stake
             },
         }
+    }
+
+    /// The first `rules.routing` row for a case opening on `journey` by `touchpoint` for a
+    /// customer of `tier`, as its index ([`NO_ROUTE`] when none matches). Only when a case opens.
+    pub fn route(&self, journey: &str, touchpoint: &str, tier: Option<&str>) -> u16 {
+        self.config
+            .rules
+            .routing
+            .iter()
+            .position(|r| {
+                glob_match(&r.journey, journey)
+                    && glob_match(&r.touchpoint, touchpoint)
+                    && (r.tiers.is_empty() || tier.is_some_and(|t| r.tiers.iter().any(|x| x == t)))
+            })
+            .and_then(|i| u16::try_from(i).ok())
+            .unwrap_or(NO_ROUTE)
+    }
+
+    /// The queue a route index names.
+    pub fn queue_name(&self, route: u16) -> &str {
+        self.config
+            .rules
+            .routing
+            .get(usize::from(route))
+            .map_or(crate::model::DEFAULT_QUEUE, |r| r.queue.as_str())
+    }
+
+    /// The channel a route overrides, if any.
+    pub fn route_channel(&self, route: u16) -> Option<Channel> {
+        self.config
+            .rules
+            .routing
+            .get(usize::from(route))
+            .and_then(|r| r.channel)
+    }
+
+    /// The first route that names `queue` (a restored case's queue, written by name so the table
+    /// may change between runs); [`NO_ROUTE`] when no row names it any more.
+    pub fn route_of_queue(&self, queue: &str) -> u16 {
+        self.config
+            .rules
+            .routing
+            .iter()
+            .position(|r| r.queue == queue)
+            .and_then(|i| u16::try_from(i).ok())
+            .unwrap_or(NO_ROUTE)
     }
 
     /// Customer value multiplier of a tier.

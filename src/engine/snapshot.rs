@@ -1,21 +1,33 @@
 //! The changelog encoding of one customer's state: compact, little-endian, versioned.
 //!
-//! Layout, version 2 (README, Durable state):
-//! `u8 version=2 | i64 input_offset | u8 ring_cap | f64 score | str tier
+//! Layout, version 3 (README, Durable state):
+//! `u8 version=3 | i64 input_offset | u8 ring_cap | f64 score | str tier
 //!  | u8 n { [26]recent str touchpoint } | u8 n { u32 journey i64 first u32 span u16 contacts u16 channels }
-//!  | u8 n { u64 hash str text } | u8 n { case }`; `str` = `u16 len` + UTF-8 (`0xFFFF` = none).
-//! `input_offset` is the last input offset the state includes (-1: none). Version 1 is the same
-//! without `input_offset`, which travelled in a `cx.offset` record header instead (a header list
-//! per record cost librdkafka an allocation to write and another to read).
+//!  | u8 n { u64 hash str text } | u8 n { case human }`; `str` = `u16 len` + UTF-8 (`0xFFFF` = none).
+//! `human` (version 3 on) is the case's side with the agents:
+//! `u8 status u8 flags(1 = ack SLA fired) u8 reopens str queue i64 round_start i64 acknowledged_at
+//!  i64 resolved_at str actor str resolution u8 n { u32 action_hash }` (times `i64::MIN` = unset;
+//! the queue by name, `none` = default, so the routing table may change between runs).
+//! `input_offset` is the last input offset the state includes (-1: none). Version 2 is version 3
+//! without `human`: its cases read back OPEN with the ack SLA already spent (they predate it; an
+//! upgrade must not page for every case older than the SLA). Version 1 is version 2 without
+//! `input_offset`, which travelled in a `cx.offset` record header instead (a header list per
+//! record cost librdkafka an allocation to write and another to read).
 //! Interned ids are written as names, so a snapshot is readable by any instance. A reader must
 //! accept every older version; a new field means a new version.
 
 use super::Engine;
-use super::state::{Case, CustomerKey, CustomerState, Episode, Extra, MAX_RING, NO_TIER, Recent, RuleId};
+use super::rules::NO_ROUTE;
+use super::state::{
+    ACTION_MEMORY, Case, CaseStatus, CustomerKey, CustomerState, Episode, Extra, Human, MAX_RING, NO_TIER,
+    Recent, RuleId,
+};
 use crate::model::{Channel, Severity};
 use std::sync::Arc;
 
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
+/// Without the cases' human side.
+const VERSION_2: u8 = 2;
 /// The first version, without the input offset in the value.
 const VERSION_1: u8 = 1;
 const NONE: u16 = u16::MAX;
@@ -24,7 +36,7 @@ const NONE: u16 = u16::MAX;
 pub enum SnapshotError {
     #[error("state record is truncated")]
     Truncated,
-    #[error("state record version {0} is newer than this build reads (2)")]
+    #[error("state record version {0} is newer than this build reads (3)")]
     Version(u8),
     #[error("state record is malformed: {0}")]
     Malformed(&'static str),
@@ -88,7 +100,9 @@ impl<'a> Reader<'a> {
 /// whose offset is in its `cx.offset` header, or for a value too short to tell.
 pub fn input_offset(value: &[u8]) -> Option<i64> {
     match value {
-        [VERSION, rest @ ..] if rest.len() >= 8 => Some(i64::from_le_bytes(rest[..8].try_into().ok()?)),
+        [VERSION | VERSION_2, rest @ ..] if rest.len() >= 8 => {
+            Some(i64::from_le_bytes(rest[..8].try_into().ok()?))
+        }
         _ => None,
     }
 }
@@ -145,6 +159,20 @@ impl Engine {
                 u8::from(c.escalated),
             ]);
             out.extend_from_slice(&c.weight.to_le_bytes());
+            let h = &c.human;
+            out.extend_from_slice(&[h.status as u8, u8::from(h.ack_breached), h.reopens]);
+            let queue = (h.queue != NO_ROUTE).then(|| self.rules.queue_name(h.queue));
+            put_str(out, queue);
+            for t in [h.round_start, h.acknowledged_at, h.resolved_at] {
+                out.extend_from_slice(&t.to_le_bytes());
+            }
+            put_str(out, h.actor.as_deref());
+            put_str(out, h.resolution.as_deref());
+            let actions: Vec<u32> = h.actions.iter().copied().filter(|&a| a != 0).collect();
+            out.push(actions.len() as u8);
+            for a in actions {
+                out.extend_from_slice(&a.to_le_bytes());
+            }
         }
         true
     }
@@ -160,7 +188,9 @@ impl Engine {
         // Read and check the whole value first, so that it can then be written into the held
         // state in place: a restore reads many records per customer, and replacing the state
         // each time cost an allocation and a free per record.
-        let decoded = Decoded::read(value, self.rules.config.engine.recent_touchpoints)?;
+        let decoded = Decoded::read(value, self.rules.config.engine.recent_touchpoints, &|q| {
+            self.rules.route_of_queue(q)
+        })?;
         match self.customers.get_mut(customer.as_bytes()) {
             Some(mut held) => self.fill(&mut held, decoded),
             None => {
@@ -234,6 +264,38 @@ fn episode_from_bytes(b: &[u8]) -> Episode {
     }
 }
 
+/// A case's human side (version 3 on).
+fn read_human(rd: &mut Reader<'_>, route_of_queue: &dyn Fn(&str) -> u16) -> Result<Human, SnapshotError> {
+    let [status, flags, reopens] = rd.arr()?;
+    let status = CaseStatus::from_index(status).ok_or(SnapshotError::Malformed("case status"))?;
+    let queue = rd.str()?.map_or(NO_ROUTE, route_of_queue);
+    let round_start = rd.i64()?;
+    let acknowledged_at = rd.i64()?;
+    let resolved_at = rd.i64()?;
+    let actor = rd.str()?.map(Into::into);
+    let resolution = rd.str()?.map(Into::into);
+    let n = rd.u8()? as usize;
+    if n > ACTION_MEMORY {
+        return Err(SnapshotError::Malformed("too many action ids"));
+    }
+    let mut actions = [0u32; ACTION_MEMORY];
+    for slot in &mut actions[ACTION_MEMORY - n..] {
+        *slot = u32::from_le_bytes(rd.arr()?);
+    }
+    Ok(Human {
+        status,
+        ack_breached: flags & 1 != 0,
+        reopens,
+        queue,
+        round_start,
+        acknowledged_at,
+        resolved_at,
+        actor,
+        resolution,
+        actions,
+    })
+}
+
 /// A changelog value read and checked, borrowing from the record: writing it into a state can
 /// no longer fail, so a bad record never leaves a half-written state.
 struct Decoded<'a> {
@@ -250,11 +312,16 @@ struct Decoded<'a> {
 }
 
 impl<'a> Decoded<'a> {
-    fn read(value: &'a [u8], configured_ring: usize) -> Result<Self, SnapshotError> {
+    fn read(
+        value: &'a [u8],
+        configured_ring: usize,
+        route_of_queue: &dyn Fn(&str) -> u16,
+    ) -> Result<Self, SnapshotError> {
         let mut rd = Reader(value);
-        match rd.u8()? {
+        let version = rd.u8()?;
+        match version {
             VERSION_1 => {}
-            VERSION => {
+            VERSION_2 | VERSION => {
                 rd.take(8)?;
             }
             newer => return Err(SnapshotError::Version(newer)),
@@ -304,6 +371,15 @@ impl<'a> Decoded<'a> {
                 .ok_or(SnapshotError::Malformed("case event missing"))?
                 .into();
             let [rule, severity, channel, escalated] = rd.arr()?;
+            let weight = f32::from_le_bytes(rd.arr()?);
+            let human = if version >= VERSION {
+                read_human(&mut rd, route_of_queue)?
+            } else {
+                Human {
+                    ack_breached: true,
+                    ..Human::new(opened_at, NO_ROUTE)
+                }
+            };
             extra.cases.push(Case {
                 journey,
                 journey_hash,
@@ -316,8 +392,9 @@ impl<'a> Decoded<'a> {
                     .ok_or(SnapshotError::Malformed("severity"))?,
                 channel: Channel::from_index(channel as usize).ok_or(SnapshotError::Malformed("channel"))?,
                 escalated: escalated != 0,
-                weight: f32::from_le_bytes(rd.arr()?),
+                weight,
                 reopens_at: i64::MIN,
+                human,
             });
         }
         if !rd.0.is_empty() {
@@ -488,9 +565,21 @@ mod tests {
         let mut v2 = Vec::new();
         assert!(engine.snapshot("c", 41, &mut v2));
         assert_eq!(input_offset(&v2), Some(41));
-        // The same state as the first version wrote it: no offset after the version byte.
+        // The same state as the first version wrote it: no offset after the version byte, and
+        // no human side after the (one, last) case: status, flags, reopens, queue (none), three
+        // times, actor and resolution (none), no action ids.
+        const HUMAN_BYTES: usize = 3 + 2 + 3 * 8 + 2 + 2 + 1;
         let mut v1 = vec![VERSION_1];
-        v1.extend_from_slice(&v2[9..]);
+        v1.extend_from_slice(&v2[9..v2.len() - HUMAN_BYTES]);
+        let mut old_v2 = vec![super::VERSION_2];
+        old_v2.extend_from_slice(&v2[1..v2.len() - HUMAN_BYTES]);
+        assert_eq!(input_offset(&old_v2), Some(41));
+        let from_v2 = Engine::new(Config::default());
+        from_v2.restore("c", Some(&old_v2)).unwrap();
+        assert_eq!(
+            serde_json::to_value(from_v2.customer("c").unwrap()).unwrap(),
+            serde_json::to_value(engine.customer("c").unwrap()).unwrap()
+        );
         assert_eq!(input_offset(&v1), None);
         let other = Engine::new(Config::default());
         other.restore("c", Some(&v1)).unwrap();

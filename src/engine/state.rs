@@ -399,10 +399,18 @@ pub enum RuleId {
     Recovered,
     Expired,
     CaseLimit,
+    AckSlaBreach,
+    Acknowledged,
+    Resolved,
+    /// A negative touchpoint within `engine.reopen_window` of the agent's resolution.
+    Reopened,
+    /// An agent's REOPEN.
+    AgentReopen,
 }
 
 impl RuleId {
-    pub const ALL: [RuleId; 9] = [
+    /// In changelog order: new rules are appended.
+    pub const ALL: [RuleId; 14] = [
         RuleId::CriticalNegative,
         RuleId::ExperienceDecline,
         RuleId::HighEffort,
@@ -412,6 +420,11 @@ impl RuleId {
         RuleId::Recovered,
         RuleId::Expired,
         RuleId::CaseLimit,
+        RuleId::AckSlaBreach,
+        RuleId::Acknowledged,
+        RuleId::Resolved,
+        RuleId::Reopened,
+        RuleId::AgentReopen,
     ];
 
     pub fn index(self) -> u8 {
@@ -433,6 +446,11 @@ impl RuleId {
             RuleId::Recovered => "recovered",
             RuleId::Expired => "case_expired",
             RuleId::CaseLimit => "case_limit",
+            RuleId::AckSlaBreach => "ack_sla_breach",
+            RuleId::Acknowledged => "acknowledged",
+            RuleId::Resolved => "resolved",
+            RuleId::Reopened => "reopened",
+            RuleId::AgentReopen => "agent_reopen",
         }
     }
 }
@@ -456,11 +474,116 @@ pub struct Case {
     /// its own: a positive from before it that arrives late does not close the case, because in
     /// event time that negative came after the recovery. Not in the changelog (`MIN` restored).
     pub reopens_at: Millis,
+    /// The human side (changelog version 3 on).
+    pub human: Human,
+}
+
+/// Where a case stands with the agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaseStatus {
+    /// No agent has it yet.
+    #[default]
+    Open = 0,
+    Acknowledged = 1,
+    /// Closed by an agent; held `engine.reopen_window` in case the fix does not hold.
+    Resolved = 2,
+    /// Resolved, then reopened (by a negative touchpoint or an agent); no agent has it yet.
+    Reopened = 3,
+}
+
+impl CaseStatus {
+    /// Every status, in discriminant order.
+    pub const ALL: [Self; 4] = [Self::Open, Self::Acknowledged, Self::Resolved, Self::Reopened];
+
+    pub fn from_index(i: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(i)).copied()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "OPEN",
+            Self::Acknowledged => "ACKNOWLEDGED",
+            Self::Resolved => "RESOLVED",
+            Self::Reopened => "REOPENED",
+        }
+    }
+
+    /// Waiting for an agent to acknowledge it (the ack SLA runs).
+    pub fn awaits_ack(self) -> bool {
+        matches!(self, Self::Open | Self::Reopened)
+    }
+}
+
+/// Action ids a case remembers (the de-duplication window for agents' actions).
+pub const ACTION_MEMORY: usize = 4;
+
+/// A case's human side: compact, since every held case carries it. Times are `Millis::MIN` when
+/// unset.
+#[derive(Debug, Clone)]
+pub struct Human {
+    pub status: CaseStatus,
+    /// The ack SLA fired for the current opening.
+    pub ack_breached: bool,
+    /// Times reopened: alert ids of later rounds carry it, so each alert id stays unique.
+    pub reopens: u8,
+    /// Index into `rules.routing` ([`super::rules::NO_ROUTE`]: the default queue).
+    pub queue: u16,
+    /// When the current round began: the opening, or the last reopening.
+    pub round_start: Millis,
+    pub acknowledged_at: Millis,
+    pub resolved_at: Millis,
+    pub actor: Option<Box<str>>,
+    pub resolution: Option<Box<str>>,
+    /// 32 bits of [`fnv64`] of the newest action ids seen, newest last; 0 = empty. 32 bits keep
+    /// the per-customer budget (a false duplicate needs a collision among four ids of one case).
+    pub actions: [u32; ACTION_MEMORY],
+}
+
+impl Human {
+    pub fn new(opened_at: Millis, queue: u16) -> Self {
+        Self {
+            status: CaseStatus::Open,
+            ack_breached: false,
+            reopens: 0,
+            queue,
+            round_start: opened_at,
+            acknowledged_at: Millis::MIN,
+            resolved_at: Millis::MIN,
+            actor: None,
+            resolution: None,
+            actions: [0; ACTION_MEMORY],
+        }
+    }
+
+    /// The hash an action id is remembered by (never 0, which marks an empty slot).
+    pub fn action_hash(action_id: &str) -> u32 {
+        let h = fnv64(&[action_id.as_bytes()]);
+        ((h >> 32) as u32 ^ h as u32).max(1)
+    }
+
+    pub fn has_applied(&self, hash: u32) -> bool {
+        self.actions.contains(&hash)
+    }
+
+    pub fn remember_action(&mut self, hash: u32) {
+        self.actions.rotate_left(1);
+        self.actions[ACTION_MEMORY - 1] = hash;
+    }
+
+    /// Heap bytes of the texts it holds.
+    pub fn heap_bytes(&self) -> usize {
+        self.actor.as_ref().map_or(0, |a| a.len()) + self.resolution.as_ref().map_or(0, |r| r.len())
+    }
 }
 
 impl Case {
     pub fn case_id(&self) -> String {
         format!("{:016x}", self.case_hash)
+    }
+
+    /// Whether an agent resolved it (it is held only in case it reopens).
+    pub fn is_resolved(&self) -> bool {
+        self.human.status == CaseStatus::Resolved
     }
 }
 
@@ -839,7 +962,7 @@ impl CustomerState {
                 + e.cases.capacity() * std::mem::size_of::<Case>()
                 + e.cases
                     .iter()
-                    .map(|c| c.journey.len() + c.last_event_id.len())
+                    .map(|c| c.journey.len() + c.last_event_id.len() + c.human.heap_bytes())
                     .sum::<usize>()
                 + e.long_ids.capacity() * std::mem::size_of::<(u64, Box<str>)>()
                 + e.long_ids.iter().map(|(_, s)| s.len()).sum::<usize>();

@@ -54,8 +54,16 @@ impl Ev {
     }
 }
 
-fn config_with(lateness: Millis) -> Config {
+/// The shipped defaults, without the ack SLA: these tests are about the recovery rules, timers
+/// and watermark; the human side has tests of its own (`human_side` below) on the full defaults.
+fn base() -> Config {
     let mut c = Config::default();
+    c.engine.ack_sla = std::time::Duration::from_secs(365 * 86_400);
+    c
+}
+
+fn config_with(lateness: Millis) -> Config {
+    let mut c = base();
     c.engine.allowed_lateness = std::time::Duration::from_millis(lateness as u64);
     c
 }
@@ -92,7 +100,7 @@ fn summary(effects: &[Effect]) -> Vec<(AlertStatus, String, Severity)> {
 #[test]
 fn moment_of_truth_failure_opens_once_escalates_once() {
     let (fx, _) = run_all(
-        Config::default(),
+        base(),
         vec![
             Ev::new("a", "c", 0, "payment.transfer", Outcome::Failure),
             Ev::new("b", "c", MIN, "payment.transfer", Outcome::Failure),
@@ -119,7 +127,7 @@ fn moment_of_truth_failure_opens_once_escalates_once() {
 #[test]
 fn vip_failure_is_critical_and_low_stakes_failure_is_not_a_case() {
     let (fx, _) = run_all(
-        Config::default(),
+        base(),
         vec![
             Ev::new("a", "vip", 0, "account.unlock", Outcome::Failure).tier("vip"),
             Ev::new("b", "std", 0, "faq.view", Outcome::Failure),
@@ -135,7 +143,7 @@ fn vip_failure_is_critical_and_low_stakes_failure_is_not_a_case() {
 #[test]
 fn engagement_weighs_a_quarter_and_cannot_be_critical() {
     let (fx, engine) = run_all(
-        Config::default(),
+        base(),
         vec![
             Ev::new("a", "c", 0, "payment.reminder", Outcome::Failure)
                 .engagement()
@@ -149,7 +157,7 @@ fn engagement_weighs_a_quarter_and_cannot_be_critical() {
 #[test]
 fn positive_on_the_journey_recovers_with_time_to_recover() {
     let (fx, engine) = run_all(
-        Config::default(),
+        base(),
         vec![
             Ev::new("a", "c", 0, "order.delivery", Outcome::Failure),
             Ev::new("b", "c", 90 * MIN, "order.callback", Outcome::Pending)
@@ -170,7 +178,7 @@ fn positive_on_the_journey_recovers_with_time_to_recover() {
 #[test]
 fn positive_on_another_journey_does_not_recover() {
     let (fx, _) = run_all(
-        Config::default(),
+        base(),
         vec![
             Ev::new("a", "c", 0, "payment.transfer", Outcome::Failure),
             Ev::new("b", "c", MIN, "plan.view", Outcome::Success).journey("plans"),
@@ -237,7 +245,7 @@ fn experience_decline_opens_when_score_reaches_threshold() {
                 .journey(&format!("j{i}"))
         })
         .collect();
-    let (fx, _) = run_all(Config::default(), events);
+    let (fx, _) = run_all(base(), events);
     let a = alerts(&fx);
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].rule, "experience_decline");
@@ -264,12 +272,12 @@ fn high_effort_needs_four_inbound_contacts_without_success() {
             })
             .collect::<Vec<_>>()
     };
-    let (fx, _) = run_all(Config::default(), contacts(Outcome::Pending));
+    let (fx, _) = run_all(base(), contacts(Outcome::Pending));
     assert_eq!(
         summary(&fx),
         [(AlertStatus::Open, "high_effort".into(), Severity::Medium)]
     );
-    let (fx, _) = run_all(Config::default(), contacts(Outcome::Success));
+    let (fx, _) = run_all(base(), contacts(Outcome::Success));
     assert!(alerts(&fx).is_empty(), "a success resets the effort count");
 }
 
@@ -286,7 +294,7 @@ fn high_effort_window_is_24_hours() {
             )
         })
         .collect();
-    let (fx, _) = run_all(Config::default(), events);
+    let (fx, _) = run_all(base(), events);
     assert!(alerts(&fx).is_empty(), "27h span is not within 24h");
 }
 
@@ -306,7 +314,7 @@ fn channel_hopping_three_channels() {
             .channel(*c)
         })
         .collect();
-    let (fx, _) = run_all(Config::default(), events);
+    let (fx, _) = run_all(base(), events);
     assert_eq!(
         summary(&fx),
         [(AlertStatus::Open, "channel_hopping".into(), Severity::Medium)]
@@ -374,7 +382,7 @@ fn statuses(effects: &[Effect]) -> Vec<(AlertStatus, String)> {
 #[test]
 fn a_touchpoint_is_acted_on_when_it_arrives_whatever_the_lateness() {
     // The shipped lateness (1 h): the critical failure pages in the same push, no later touchpoint needed.
-    let engine = Arc::new(Engine::new(Config::default()));
+    let engine = Arc::new(Engine::new(base()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     let ev = Ev::new("a", "c", 0, "payment.transfer", Outcome::Failure).0;
@@ -388,7 +396,7 @@ fn a_touchpoint_is_acted_on_when_it_arrives_whatever_the_lateness() {
 
 #[test]
 fn late_within_lateness_is_applied_and_older_is_dead_lettered() {
-    let engine = Arc::new(Engine::new(Config::default()));
+    let engine = Arc::new(Engine::new(base()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     let at = |m: Millis| T0 + m;
@@ -428,7 +436,7 @@ fn late_within_lateness_is_applied_and_older_is_dead_lettered() {
 
 #[test]
 fn a_wrong_clock_is_one_dead_letter_and_moves_nothing() {
-    let engine = Arc::new(Engine::new(Config::default()));
+    let engine = Arc::new(Engine::new(base()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     // Written at T0, stamped 6 minutes later (max_clock_skew is 5 minutes).
@@ -457,7 +465,7 @@ fn a_wrong_clock_is_one_dead_letter_and_moves_nothing() {
 
 #[test]
 fn a_late_success_before_the_fourth_call_withdraws_the_high_effort_case() {
-    let engine = Arc::new(Engine::new(Config::default()));
+    let engine = Arc::new(Engine::new(base()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     for (i, m) in [0, 10, 20, 40].into_iter().enumerate() {
@@ -497,14 +505,14 @@ fn a_late_success_before_the_fourth_call_withdraws_the_high_effort_case() {
         };
         Ev::new(&format!("s{m}"), "c", m * MIN, "support.call", outcome)
     });
-    let (fx, engine) = run_all(Config::default(), sorted.into_iter().collect());
+    let (fx, engine) = run_all(base(), sorted.into_iter().collect());
     assert!(alerts(&fx).is_empty());
     assert!(engine.customer("c").unwrap().open_cases.is_empty());
 }
 
 #[test]
 fn a_late_negative_before_a_recovery_pages_no_one() {
-    let engine = Arc::new(Engine::new(Config::default()));
+    let engine = Arc::new(Engine::new(base()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     stream.push(
@@ -528,7 +536,7 @@ fn a_late_negative_before_a_recovery_pages_no_one() {
 
 #[test]
 fn an_idle_stream_follows_the_wall_clock_so_the_sla_fires_on_time() {
-    let engine = Arc::new(Engine::new(Config::default()));
+    let engine = Arc::new(Engine::new(base()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     stream.push(
@@ -568,7 +576,7 @@ fn an_idle_stream_follows_the_wall_clock_so_the_sla_fires_on_time() {
 
 #[test]
 fn a_restored_stream_with_no_input_fires_its_timers_once_idle() {
-    let engine = Arc::new(Engine::new(Config::default()));
+    let engine = Arc::new(Engine::new(base()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     stream.push(
@@ -593,7 +601,7 @@ fn a_restored_stream_with_no_input_fires_its_timers_once_idle() {
 
 #[test]
 fn expiries_wait_for_the_lateness_so_a_late_touch_keeps_its_case() {
-    let engine = Arc::new(Engine::new(Config::default()));
+    let engine = Arc::new(Engine::new(base()));
     let mut stream = Stream::new(engine.clone());
     let mut out = Vec::new();
     stream.push(
@@ -626,7 +634,7 @@ fn expiries_wait_for_the_lateness_so_a_late_touch_keeps_its_case() {
 
 #[test]
 fn open_case_limit_expires_the_oldest_loudly() {
-    let mut c = Config::default();
+    let mut c = base();
     c.engine.max_open_cases = 2;
     let events = (0..3)
         .map(|i| {
@@ -661,7 +669,7 @@ fn alert_carries_at_most_ten_recent_touchpoints_newest_last() {
         "payment.transfer",
         Outcome::Failure,
     ));
-    let (fx, _) = run_all(Config::default(), events);
+    let (fx, _) = run_all(base(), events);
     let a = alerts(&fx);
     assert_eq!(a[0].recent_touchpoints.len(), 10);
     assert_eq!(a[0].recent_touchpoints.last().unwrap().event_id, "boom");
@@ -676,8 +684,8 @@ fn alert_ids_are_deterministic() {
             Ev::new("b", "c", MIN, "payment.transfer", Outcome::Success),
         ]
     };
-    let (a, _) = run_all(Config::default(), evs());
-    let (b, _) = run_all(Config::default(), evs());
+    let (a, _) = run_all(base(), evs());
+    let (b, _) = run_all(base(), evs());
     assert_eq!(a, b);
 }
 
@@ -734,4 +742,473 @@ fn long_customer_ids_behave_like_short_ones() {
         )
     };
     assert_eq!(run("c"), run(long));
+}
+
+/// The case's human side: acknowledgement, resolution, reopening, the ack SLA, routing.
+mod human_side {
+    use super::*;
+    use crate::config::Route;
+
+    fn act(id: &str, case: &str, customer: &str, at: Millis, kind: ActionKind) -> CaseAction {
+        CaseAction {
+            action_id: id.into(),
+            case_id: case.into(),
+            customer_id: customer.into(),
+            action: kind,
+            actor: "agent-7".into(),
+            occurred_at: T0 + at,
+            resolution: (kind == ActionKind::Resolve).then(|| "refunded".to_string()),
+            channel: Some(Channel::Voice),
+            note: None,
+        }
+    }
+
+    /// A stream on the shipped defaults with one payment failure at T0 (a HIGH case); its id.
+    fn opened() -> (Stream, String, Vec<Effect>) {
+        let engine = Arc::new(Engine::new(Config::default()));
+        let mut stream = Stream::new(engine);
+        let mut out = Vec::new();
+        stream.push(
+            Ev::new("f1", "c", 0, "payment.transfer", Outcome::Failure).0,
+            0,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        let case = alerts(&out)[0].case_id.clone();
+        (stream, case, out)
+    }
+
+    fn last_of_seq(out: &[Effect], seq: u64) -> &Effect {
+        out.iter()
+            .rfind(|e| match e {
+                Effect::Applied { seq: s, .. } | Effect::Duplicate { seq: s } => *s == seq,
+                Effect::Rejected { seq: s, .. } => *s == seq,
+                _ => false,
+            })
+            .expect("every push ends with one outcome for its seq")
+    }
+
+    fn rejected_class(out: &[Effect], seq: u64) -> Option<&'static str> {
+        match last_of_seq(out, seq) {
+            Effect::Rejected { class, .. } => Some(class),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn acknowledge_then_resolve_publishes_who_and_how_long() {
+        let (mut stream, case, _) = opened();
+        let mut out = Vec::new();
+        stream.push_action(
+            act("a1", &case, "c", 5 * MIN, ActionKind::Acknowledge),
+            1,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        stream.push_action(
+            act("a2", &case, "c", HOUR, ActionKind::Resolve),
+            2,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        let a = alerts(&out);
+        assert_eq!(a.len(), 2, "{out:?}");
+        assert_eq!(a[0].status, AlertStatus::Acknowledged);
+        assert_eq!(a[0].actor.as_deref(), Some("agent-7"));
+        assert_eq!(a[0].time_to_acknowledge_ms, Some(5 * MIN));
+        assert_eq!(a[0].trigger_event_id, "a1");
+        assert_eq!(a[1].status, AlertStatus::Resolved);
+        assert_eq!(a[1].time_to_resolve_ms, Some(HOUR));
+        assert_eq!(a[1].resolution.as_deref(), Some("refunded"));
+        assert_eq!(a[1].queue, "default");
+        assert!(matches!(last_of_seq(&out, 1), Effect::Applied { .. }));
+        assert!(matches!(last_of_seq(&out, 2), Effect::Applied { .. }));
+        let view = stream.engine().customer("c").unwrap();
+        assert_eq!(view.open_cases[0].status, "RESOLVED");
+        assert_eq!(view.open_cases[0].actor.as_deref(), Some("agent-7"));
+        assert_eq!(view.open_cases[0].acknowledged_at, Some(T0 + 5 * MIN));
+        assert_eq!(view.open_cases[0].resolved_at, Some(T0 + HOUR));
+        // No ack SLA breach: the case was acknowledged in time.
+        out.clear();
+        stream.flush(Some(T0 + 2 * HOUR), 0, &mut out);
+        assert!(alerts(&out).is_empty(), "{out:?}");
+    }
+
+    /// The held-cases gauge's counts follow the lifecycle: OPEN, ACKNOWLEDGED, RESOLVED, and
+    /// every (queue, status) pair is reported, zero or not.
+    #[test]
+    fn state_totals_count_held_cases_by_queue_and_status() {
+        let count = |stream: &Stream, status: &'static str| {
+            stream.engine().state_totals().cases[&("default".to_string(), status)]
+        };
+        let (mut stream, case, _) = opened();
+        assert_eq!(stream.engine().state_totals().cases.len(), 4);
+        assert_eq!(count(&stream, "OPEN"), 1);
+        assert_eq!(count(&stream, "ACKNOWLEDGED"), 0);
+        let mut out = Vec::new();
+        stream.push_action(
+            act("a1", &case, "c", MIN, ActionKind::Acknowledge),
+            1,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        assert_eq!(count(&stream, "OPEN"), 0);
+        assert_eq!(count(&stream, "ACKNOWLEDGED"), 1);
+        stream.push_action(
+            act("a2", &case, "c", HOUR, ActionKind::Resolve),
+            2,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        assert_eq!(count(&stream, "ACKNOWLEDGED"), 0);
+        assert_eq!(count(&stream, "RESOLVED"), 1);
+        let totals = stream.engine().state_totals();
+        assert_eq!(totals.bytes, stream.engine().state_bytes());
+        assert_eq!(totals.cases.values().sum::<usize>(), 1);
+    }
+
+    #[test]
+    fn a_repeated_action_id_changes_nothing() {
+        let (mut stream, case, _) = opened();
+        let mut out = Vec::new();
+        let ack = act("a1", &case, "c", MIN, ActionKind::Acknowledge);
+        stream.push_action(ack.clone(), 1, ARRIVAL_UNCHECKED, 0, &mut out);
+        let before = serde_json::to_value(stream.engine().customer("c").unwrap()).unwrap();
+        out.clear();
+        stream.push_action(ack, 2, ARRIVAL_UNCHECKED, 0, &mut out);
+        assert_eq!(out, [Effect::Duplicate { seq: 2 }]);
+        assert_eq!(
+            serde_json::to_value(stream.engine().customer("c").unwrap()).unwrap(),
+            before
+        );
+    }
+
+    #[test]
+    fn bad_actions_are_rejected_with_a_class_and_never_quote_a_value() {
+        let (mut stream, case, _) = opened();
+        let mut out = Vec::new();
+        let mut seq = 0;
+        let mut push = |stream: &mut Stream, a: CaseAction, out: &mut Vec<Effect>| {
+            seq += 1;
+            stream.push_action(a, seq, ARRIVAL_UNCHECKED, 0, out);
+            seq
+        };
+        let s = push(
+            &mut stream,
+            act("x1", "0123456789abcdef", "c", MIN, ActionKind::Acknowledge),
+            &mut out,
+        );
+        assert!(matches!(
+            rejected_class(&out, s),
+            Some("unknown_case" | "customer_mismatch")
+        ));
+        let s = push(
+            &mut stream,
+            act("x2", &case, "someone-else", MIN, ActionKind::Acknowledge),
+            &mut out,
+        );
+        assert_eq!(rejected_class(&out, s), Some("customer_mismatch"));
+        let s = push(
+            &mut stream,
+            act("x3", "not-a-case", "c", MIN, ActionKind::Acknowledge),
+            &mut out,
+        );
+        assert_eq!(rejected_class(&out, s), Some("malformed"));
+        let s = push(
+            &mut stream,
+            act("x4", &case, "c", MIN, ActionKind::Reopen),
+            &mut out,
+        );
+        assert_eq!(rejected_class(&out, s), Some("not_resolved"));
+        push(
+            &mut stream,
+            act("x5", &case, "c", MIN, ActionKind::Acknowledge),
+            &mut out,
+        );
+        let s = push(
+            &mut stream,
+            act("x6", &case, "c", 2 * MIN, ActionKind::Acknowledge),
+            &mut out,
+        );
+        assert_eq!(rejected_class(&out, s), Some("already_acknowledged"));
+        push(
+            &mut stream,
+            act("x7", &case, "c", 3 * MIN, ActionKind::Resolve),
+            &mut out,
+        );
+        let s = push(
+            &mut stream,
+            act("x8", &case, "c", 4 * MIN, ActionKind::Resolve),
+            &mut out,
+        );
+        assert_eq!(rejected_class(&out, s), Some("closed_case"));
+        let mut wrong_clock = act("x9", &case, "c", DAY, ActionKind::Reopen);
+        wrong_clock.note = Some("secret note".into());
+        out.clear();
+        stream.push_action(wrong_clock, 99, T0, 0, &mut out);
+        assert_eq!(rejected_class(&out, 99), Some("future"));
+        for e in &out {
+            if let Effect::Rejected { reason, .. } = e {
+                assert!(!reason.contains("secret") && !reason.contains(&case), "{reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unacknowledged_case_escalates_once_on_the_ack_sla_even_on_a_quiet_partition() {
+        let (mut stream, case, _) = opened();
+        let mut out = Vec::new();
+        stream.tick(1_000, &mut out); // first tick: the stream starts counting idleness
+        let now = T0 + 20 * MIN;
+        stream.tick(now, &mut out);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert_eq!(
+            (a[0].status, a[0].rule.as_str()),
+            (AlertStatus::Escalated, "ack_sla_breach")
+        );
+        assert_eq!(a[0].event_time, T0 + 15 * MIN);
+        assert_eq!(
+            a[0].severity,
+            Severity::High,
+            "an escalation to people keeps the severity"
+        );
+        assert_eq!(a[0].alert_id, format!("{case}-escalated-ack"));
+        out.clear();
+        stream.tick(now + HOUR, &mut out);
+        assert!(alerts(&out).is_empty(), "once only: {out:?}");
+        // A late acknowledgement still applies, and says how long it took.
+        stream.push_action(
+            act("a1", &case, "c", 30 * MIN, ActionKind::Acknowledge),
+            5,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        assert_eq!(alerts(&out)[0].time_to_acknowledge_ms, Some(30 * MIN));
+        // The recovery SLA keeps its meaning: it fires at 4 h whatever the agents did.
+        out.clear();
+        stream.tick(T0 + 5 * HOUR, &mut out);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert_eq!(a[0].rule, "sla_breach");
+        assert_eq!(
+            a[0].actor.as_deref(),
+            Some("agent-7"),
+            "every alert says who has the case"
+        );
+    }
+
+    #[test]
+    fn an_ack_after_the_deadline_finds_the_breach_whichever_arrives_first() {
+        let (mut stream, case, _) = opened();
+        let mut out = Vec::new();
+        stream.push_action(
+            act("a1", &case, "c", 20 * MIN, ActionKind::Acknowledge),
+            1,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        let s: Vec<_> = alerts(&out).iter().map(|a| (a.status, a.rule.clone())).collect();
+        assert_eq!(
+            s,
+            [
+                (AlertStatus::Escalated, "ack_sla_breach".to_string()),
+                (AlertStatus::Acknowledged, "acknowledged".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_negative_within_the_reopen_window_reopens_one_step_up_and_later_ones_open_anew() {
+        let (mut stream, case, _) = opened();
+        let mut out = Vec::new();
+        stream.push_action(
+            act("a1", &case, "c", 5 * MIN, ActionKind::Acknowledge),
+            1,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        stream.push_action(
+            act("a2", &case, "c", HOUR, ActionKind::Resolve),
+            2,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        out.clear();
+        stream.push(
+            Ev::new("f2", "c", DAY, "payment.transfer", Outcome::Failure).0,
+            3,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert_eq!(
+            (a[0].status, a[0].rule.as_str()),
+            (AlertStatus::Reopened, "reopened")
+        );
+        assert_eq!(a[0].case_id, case, "the same case");
+        assert_eq!(a[0].severity, Severity::Critical);
+        assert_eq!(
+            a[0].resolution.as_deref(),
+            Some("refunded"),
+            "the fix that did not hold"
+        );
+        assert_eq!(a[0].actor, None, "no one has the reopened case yet");
+        assert_eq!(a[0].alert_id, format!("{case}-reopened-1"));
+        // The reopened round has its own ack SLA.
+        out.clear();
+        stream.push(
+            Ev::new("n1", "c", DAY + 20 * MIN, "ivr.menu", Outcome::Pending).0,
+            4,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        assert_eq!(alerts(&out)[0].rule, "ack_sla_breach");
+        assert_eq!(alerts(&out)[0].alert_id, format!("{case}-escalated-ack-1"));
+        // Resolved again; past the window a negative opens a new case.
+        stream.push_action(
+            act("a3", &case, "c", DAY + HOUR, ActionKind::Resolve),
+            5,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        out.clear();
+        stream.push(
+            Ev::new("f3", "c", 5 * DAY, "payment.transfer", Outcome::Failure).0,
+            6,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        let a = alerts(&out);
+        assert_eq!(a[0].status, AlertStatus::Open, "{out:?}");
+        assert_ne!(a[0].case_id, case);
+    }
+
+    #[test]
+    fn an_agent_reopen_does_the_same() {
+        let (mut stream, case, _) = opened();
+        let mut out = Vec::new();
+        stream.push_action(
+            act("a1", &case, "c", HOUR, ActionKind::Resolve),
+            1,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        out.clear();
+        stream.push_action(
+            act("a2", &case, "c", 2 * HOUR, ActionKind::Reopen),
+            2,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        let a = alerts(&out);
+        assert_eq!(
+            (a[0].status, a[0].rule.as_str()),
+            (AlertStatus::Reopened, "agent_reopen")
+        );
+        assert_eq!(a[0].severity, Severity::Critical);
+    }
+
+    #[test]
+    fn routing_picks_the_queue_and_overrides_the_channel_first_match_wins() {
+        let mut config = Config::default();
+        config.rules.routing = vec![
+            Route {
+                journey: "*".into(),
+                touchpoint: "payment.*".into(),
+                tiers: vec!["vip".into()],
+                queue: "private-banking-desk".into(),
+                channel: Some(Channel::Voice),
+            },
+            Route {
+                journey: "*".into(),
+                touchpoint: "payment.*".into(),
+                tiers: vec![],
+                queue: "payments-support".into(),
+                channel: Some(Channel::Chat),
+            },
+        ];
+        let (fx, _) = run_all(
+            config,
+            vec![
+                Ev::new("v1", "vip-1", 0, "payment.transfer", Outcome::Failure).tier("vip"),
+                Ev::new("s1", "std-1", 0, "payment.transfer", Outcome::Failure),
+                Ev::new("o1", "oth-1", 0, "billing.invoice", Outcome::Failure),
+            ],
+        );
+        let opens: Vec<_> = alerts(&fx)
+            .into_iter()
+            .filter(|a| a.status == AlertStatus::Open)
+            .map(|a| (a.customer_id.as_str(), a.queue.as_str(), a.recommended_channel))
+            .collect();
+        assert_eq!(
+            opens,
+            [
+                ("vip-1", "private-banking-desk", Channel::Voice),
+                ("std-1", "payments-support", Channel::Chat),
+                ("oth-1", "default", Channel::Voice),
+            ]
+        );
+        let chat = alerts(&fx)
+            .into_iter()
+            .find(|a| a.customer_id == "std-1")
+            .unwrap();
+        assert!(chat.reason.contains("by CHAT"), "{}", chat.reason);
+    }
+
+    #[test]
+    fn the_human_side_survives_a_snapshot_round_trip() {
+        let (mut stream, case, _) = opened();
+        let mut out = Vec::new();
+        for (i, id) in ["a1", "a2", "a3", "a4", "a5"].iter().enumerate() {
+            let kind = [ActionKind::Acknowledge, ActionKind::Resolve, ActionKind::Reopen][i % 3];
+            stream.push_action(
+                act(id, &case, "c", (i as Millis + 1) * MIN, kind),
+                i as u64,
+                ARRIVAL_UNCHECKED,
+                0,
+                &mut out,
+            );
+        }
+        let engine = stream.engine().clone();
+        let mut bytes = Vec::new();
+        assert!(engine.snapshot("c", 9, &mut bytes));
+        let other = Arc::new(Engine::new(Config::default()));
+        other.restore("c", Some(&bytes)).unwrap();
+        assert_eq!(
+            serde_json::to_value(other.customer("c").unwrap()).unwrap(),
+            serde_json::to_value(engine.customer("c").unwrap()).unwrap()
+        );
+        let mut again = Vec::new();
+        other.snapshot("c", 9, &mut again);
+        assert_eq!(again, bytes);
+        // The remembered action ids came along: a redelivered one is still a duplicate.
+        let mut restored = Stream::new(other);
+        restored.after_restore();
+        out.clear();
+        restored.push_action(
+            act("a5", &case, "c", 5 * MIN, ActionKind::Resolve),
+            50,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        assert_eq!(out, [Effect::Duplicate { seq: 50 }]);
+    }
 }

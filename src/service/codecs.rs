@@ -5,7 +5,7 @@ use super::registry::{RegistryClient, RegistryError, retry_until};
 use crate::codec::avro::WriterSchema;
 use crate::codec::{DecodeError, Format, avro, json};
 use crate::config::Config;
-use crate::model::{RecoveryAlert, Touchpoint};
+use crate::model::{CaseAction, RecoveryAlert, Touchpoint};
 use apache_avro::Schema;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -97,6 +97,20 @@ impl InputDecoder {
                         Ok(WriterSchema::ours().decode(datum, is_sensitive)?)
                     }
                 }
+            }
+        }
+    }
+
+    /// Decodes a case action (same format as the touchpoints). Confluent-framed actions are read
+    /// with the bundled `CaseAction` schema whatever their schema id: no registry lookup.
+    pub fn decode_action(&self, payload: &[u8]) -> Result<CaseAction, InputError> {
+        crate::codec::check_record_size(payload)?;
+        match self.format {
+            Format::Json => Ok(json::decode_action(payload)?),
+            Format::Avro => Ok(avro::decode_action(payload)?),
+            Format::ConfluentAvro => {
+                let (_, datum) = avro::confluent_unframe(payload)?;
+                Ok(avro::decode_action(datum)?)
             }
         }
     }

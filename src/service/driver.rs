@@ -252,16 +252,21 @@ pub(super) async fn run(
         ("kafka.input_topic", k.input_topic.as_str()),
         ("kafka.alert_topic", k.alert_topic.as_str()),
         ("kafka.dlq_topic", k.dlq_topic.as_str()),
+        ("kafka.action_topic", k.action_topic.as_str()),
     ];
     if config.state.changelog {
         topics.push(("state.changelog_topic", config.state.changelog_topic.as_str()));
     }
     let counts = kafka::check_topics(&consumer, &k.brokers, &topics)?;
-    if config.state.changelog && counts[3] != counts[0] {
-        return Err(ServiceError::Topic(format!(
-            "state.changelog_topic '{}' has {} partitions but kafka.input_topic '{}' has {}: they must match",
-            config.state.changelog_topic, counts[3], k.input_topic, counts[0]
-        )));
+    // Partition p of each is keyed by customer like the input's: the same instance must own
+    // partition p of all three.
+    for (i, (key, topic)) in topics.iter().enumerate().skip(3) {
+        if counts[i] != counts[0] {
+            return Err(ServiceError::Topic(format!(
+                "{key} '{topic}' has {} partitions but kafka.input_topic '{}' has {}: they must match",
+                counts[i], k.input_topic, counts[0]
+            )));
+        }
     }
     let decoder = InputDecoder::new(&config)?;
     // Registering the alert schema retries a registry outage until its deadline; a shutdown
@@ -283,13 +288,12 @@ pub(super) async fn run(
         }),
         rewind: AtomicBool::new(false),
         input_topic: config.kafka.input_topic.clone(),
-        // No action topic is read yet (issue 18): no record has `Source::Actions`.
-        action_topic: String::new(),
+        action_topic: config.kafka.action_topic.clone(),
         eos,
     });
     *consumer.context().on_revoke.lock().expect("not poisoned") = Some(Arc::new(Revoker(core.clone())));
-    consumer.subscribe(&[k.input_topic.as_str()])?;
-    tracing::info!(topic = %k.input_topic, group = %k.group_id, brokers = %k.brokers, "consuming");
+    consumer.subscribe(&[k.input_topic.as_str(), k.action_topic.as_str()])?;
+    tracing::info!(topic = %k.input_topic, actions = %k.action_topic, group = %k.group_id, brokers = %k.brokers, "consuming");
 
     let consumer = Arc::new(consumer);
     let mut d = Driver {
@@ -786,6 +790,35 @@ impl Driver {
                 self.fatal.get_or_insert(e.to_string());
                 return;
             }
+        }
+        if msg.topic() == self.core.action_topic {
+            let decoded = match msg.payload() {
+                None => Err(Rejected {
+                    class: "framing",
+                    reason: "record has no value".into(),
+                }),
+                Some(payload) => self.decoder.decode_action(payload).map_err(|e| match e {
+                    InputError::Data(d) => Rejected {
+                        class: d.class(),
+                        reason: d.to_string(),
+                    },
+                    other => Rejected {
+                        class: "framing",
+                        reason: other.to_string(),
+                    },
+                }),
+            };
+            let rec = Record {
+                source: Source::Actions,
+                partition,
+                offset: msg.offset(),
+                timestamp: msg.timestamp().to_millis(),
+            };
+            let now = self.clock.at(started);
+            self.core.runtime.lock().action(rec, decoded, now, &mut self.out);
+            self.execute(Some(msg), None).await;
+            self.processed += 1;
+            return;
         }
         let decoded = match self.decode(msg).await {
             Decoded::Ready(d) => d,

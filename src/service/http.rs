@@ -30,7 +30,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    s.refresh_state_bytes();
+    s.refresh_state_walk();
     s.refresh_allocator_gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -35,7 +35,10 @@ pub fn consumer_config(c: &Config) -> ClientConfig {
         // Offsets are stored by hand, only once a record's alerts are acknowledged.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        // Range assigns partition p of the touchpoint and action topics (same partition counts)
+        // to the same member, so one instance holds a customer's touchpoints and case actions;
+        // cooperative-sticky cannot promise that.
+        .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
         .set("statistics.interval.ms", "5000")

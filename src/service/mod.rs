@@ -84,7 +84,7 @@ pub struct Shared {
     stall_timeout: std::time::Duration,
 }
 
-/// The state-bytes gauge walks every customer, holding each map shard's lock in turn: at most
+/// The state-bytes and held-cases gauges walk every customer, holding each map shard's lock in turn: at most
 /// this often, however often `/metrics` is scraped.
 const STATE_BYTES_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -187,7 +187,7 @@ impl Shared {
         self.customers.store(customers, Ordering::Relaxed);
     }
 
-    pub(crate) fn refresh_state_bytes(&self) {
+    pub(crate) fn refresh_state_walk(&self) {
         {
             let mut at = self.state_bytes_at.lock();
             if at.is_some_and(|t| t.elapsed() < STATE_BYTES_REFRESH) {
@@ -196,8 +196,23 @@ impl Shared {
             *at = Some(std::time::Instant::now());
         }
         let engines = self.engines.read();
-        let bytes: usize = engines.values().map(|e| e.state_bytes()).sum();
+        let mut bytes = 0;
+        let mut cases = std::collections::BTreeMap::new();
+        for totals in engines.values().map(|e| e.state_totals()) {
+            bytes += totals.bytes;
+            for (key, n) in totals.cases {
+                *cases.entry(key).or_insert(0) += n;
+            }
+        }
         self.metrics.state_bytes.set(bytes as i64);
+        // No partition left: every label set goes, rather than keeping its last count.
+        self.metrics.cases_held.reset();
+        for ((queue, status), n) in cases {
+            self.metrics
+                .cases_held
+                .with_label_values(&[status, queue.as_str()])
+                .set(n as i64);
+        }
     }
 
     /// The allocator's counters, on every scrape (a few reads of jemalloc's stats).

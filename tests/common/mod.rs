@@ -49,6 +49,7 @@ pub struct Topics {
     pub input: String,
     pub alerts: String,
     pub dlq: String,
+    pub actions: String,
     pub group: String,
 }
 
@@ -60,6 +61,7 @@ impl Topics {
             input: unique("tp"),
             alerts: unique("alerts"),
             dlq: unique("dlq"),
+            actions: unique("actions"),
             group: unique("group"),
         }
     }
@@ -69,7 +71,13 @@ impl Topics {
 /// dead letters with 1.
 pub fn mock_topics<C: rdkafka::ClientContext>(cluster: &rdkafka::mocking::MockCluster<'_, C>) -> Topics {
     let t = Topics::unique();
-    for (topic, partitions) in [(&t.input, 3), (&t.state, 3), (&t.alerts, 1), (&t.dlq, 1)] {
+    for (topic, partitions) in [
+        (&t.input, 3),
+        (&t.state, 3),
+        (&t.alerts, 1),
+        (&t.dlq, 1),
+        (&t.actions, 3),
+    ] {
         cluster.create_topic(topic, partitions, 1).unwrap();
     }
     t
@@ -79,7 +87,12 @@ pub async fn topics(brokers: &str, input_partitions: i32) -> Topics {
     let t = Topics::unique();
     cx_sentinel::service::kafka::create_topics(
         brokers,
-        &[(&t.input, input_partitions), (&t.alerts, 1), (&t.dlq, 1)],
+        &[
+            (&t.input, input_partitions),
+            (&t.alerts, 1),
+            (&t.dlq, 1),
+            (&t.actions, input_partitions),
+        ],
     )
     .await
     .expect("creating test topics");
@@ -125,6 +138,7 @@ pub fn config(brokers: &str, t: &Topics, input: Format, output: Format) -> Confi
     c.kafka.input_topic = t.input.clone();
     c.kafka.alert_topic = t.alerts.clone();
     c.kafka.dlq_topic = t.dlq.clone();
+    c.kafka.action_topic = t.actions.clone();
     c.kafka.group_id = t.group.clone();
     c.state.changelog_topic = t.state.clone();
     c.input.format = input;
@@ -182,13 +196,21 @@ pub fn scenario_lines() -> Vec<String> {
 
 /// What `replay` gives for these lines under this config: alerts minus `detected_at`, sorted by id.
 pub fn replay(config: &Config, lines: &[String]) -> Vec<Value> {
+    replay_with_actions(config, lines, &[])
+}
+
+/// [`replay`] with case actions (JSON lines) merged in by event time, as `replay --actions`.
+pub fn replay_with_actions(config: &Config, lines: &[String], actions: &[String]) -> Vec<Value> {
     let input = lines.join("\n");
+    let actions = actions.join("\n");
+    let mut actions: &[u8] = actions.as_bytes();
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    cx_sentinel::replay::replay(
+    cx_sentinel::replay::replay_with_actions(
         config.clone(),
         input.as_bytes(),
         Format::Json,
+        (!actions.is_empty()).then_some(&mut actions as &mut dyn std::io::BufRead),
         &mut out,
         &mut problems,
         // The processing clock: any time after the test data's event times (skew is checked
@@ -476,6 +498,7 @@ pub fn spawn_with(
         .env("CX_SENTINEL__KAFKA__INPUT_TOPIC", &t.input)
         .env("CX_SENTINEL__KAFKA__ALERT_TOPIC", &t.alerts)
         .env("CX_SENTINEL__KAFKA__DLQ_TOPIC", &t.dlq)
+        .env("CX_SENTINEL__KAFKA__ACTION_TOPIC", &t.actions)
         .env("CX_SENTINEL__KAFKA__GROUP_ID", &t.group)
         .env("CX_SENTINEL__STATE__CHANGELOG_TOPIC", &t.state)
         .env("CX_SENTINEL__ENGINE__ALLOWED_LATENESS", "0s")
@@ -562,6 +585,30 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A case action by `agent-42` as a JSON line (`resolution` for RESOLVE). Its note is a phone
+/// number: it must appear nowhere.
+pub fn action_line(
+    action_id: &str,
+    case_id: &str,
+    customer: &str,
+    kind: &str,
+    occurred_at: i64,
+    resolution: Option<&str>,
+) -> String {
+    serde_json::json!({
+        "action_id": action_id,
+        "case_id": case_id,
+        "customer_id": customer,
+        "action": kind,
+        "actor": "agent-42",
+        "occurred_at": occurred_at,
+        "resolution": resolution,
+        "channel": "VOICE",
+        "note": "called the customer back about 555-0100",
+    })
+    .to_string()
+}
+
 /// A touchpoint stamped `ago_ms` before now, as a JSON line.
 pub fn recent_line(id: &str, customer: &str, ago_ms: i64, touchpoint: &str, outcome: &str) -> String {
     let mut v: serde_json::Value =
@@ -592,16 +639,35 @@ pub fn tp_line(id: &str, customer: &str, minute: i64, touchpoint: &str, outcome:
 
 /// The offset `group` committed on partition 0 of `topic`.
 pub async fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    match committed_offsets(brokers, group, topic, 1)[0] {
+        Offset::Offset(o) => o,
+        other => panic!("no committed offset: {other:?}"),
+    }
+}
+
+/// The group's committed offsets summed over partitions `0..partitions` of `topic` (a partition
+/// with no commit counts 0): with offsets from 0, the records committed.
+pub async fn committed_sum(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    committed_offsets(brokers, group, topic, partitions)
+        .into_iter()
+        .map(|o| match o {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The group's committed offsets of partitions `0..partitions` of `topic`.
+fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<Offset> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    match got.elements()[0].offset() {
-        Offset::Offset(o) => o,
-        other => panic!("no committed offset: {other:?}"),
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
     }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements().iter().map(|e| e.offset()).collect()
 }

@@ -18,7 +18,7 @@ use super::Shared;
 use super::codecs::OutputEncoder;
 use crate::config::Config;
 use crate::engine::{Effect, Engine};
-use crate::model::{AlertStatus, Millis, RecoveryAlert, Touchpoint};
+use crate::model::{AlertStatus, CaseAction, Millis, RecoveryAlert, Touchpoint};
 use batch::Written;
 pub use guarantee::{AtLeastOnce, ExactlyOnce, Guarantee, Settle};
 pub use outbox::{Failure, FailureClass, Output, TOKEN_MASK};
@@ -315,15 +315,9 @@ impl Runtime {
         }
         let tp = match decoded {
             Ok(tp) => tp,
-            Err(Rejected { class, reason }) => {
-                self.shared
-                    .metrics
-                    .decode_errors
-                    .with_label_values(&[class])
-                    .inc();
+            Err(rejected) => {
                 let batch = changelog.then(|| part.batches.open(now.mono));
-                self.dead_letter(partition, at, class, reason, batch, out);
-                self.finish(partition, at, out);
+                self.undecodable(partition, at, rejected, batch, out);
                 return;
             }
         };
@@ -347,6 +341,29 @@ impl Runtime {
         }
         self.effects = effects;
         self.enforce_cap(partition, batch);
+        self.seal_if_due(partition, batch, now, out);
+    }
+
+    /// A record the decoder refused: counted by class, dead-lettered, finished.
+    fn undecodable(
+        &mut self,
+        partition: i32,
+        at: At,
+        Rejected { class, reason }: Rejected,
+        batch: Option<u64>,
+        out: &mut Vec<Command>,
+    ) {
+        self.shared
+            .metrics
+            .decode_errors
+            .with_label_values(&[class])
+            .inc();
+        self.dead_letter(partition, at, class, reason, batch, out);
+        self.finish(partition, at, out);
+    }
+
+    /// Seals the partition's open changelog batch once it has been open a commit interval.
+    fn seal_if_due(&mut self, partition: i32, batch: Option<u64>, now: Now, out: &mut Vec<Command>) {
         if let Some(part) = self.parts.get_mut(&partition)
             && batch.is_some()
             && part
@@ -356,6 +373,51 @@ impl Runtime {
             part.batches.seal(&part.engine);
             self.progress(partition, out);
         }
+    }
+
+    /// One case action record (acknowledge, resolve, reopen), decoded or rejected by the decoder.
+    /// Its partition is the touchpoint partition with the same number (both topics are keyed
+    /// by customer id and have as many partitions). Actions are idempotent by `action_id`, so
+    /// after a restore they are applied again rather than skipped.
+    pub fn action(
+        &mut self,
+        rec: Record,
+        decoded: Result<CaseAction, Rejected>,
+        now: Now,
+        out: &mut Vec<Command>,
+    ) {
+        let Record {
+            source,
+            partition,
+            offset,
+            ..
+        } = rec;
+        debug_assert_eq!(source, Source::Actions);
+        let at = At { source, offset };
+        self.guarantee.produced();
+        let changelog = self.config.state.changelog;
+        let Some(part) = self.parts.get_mut(&partition) else {
+            tracing::error!(partition, offset, "action of a partition not assigned; skipped");
+            return;
+        };
+        part.ledger_mut(source).consumed(offset);
+        let batch = changelog.then(|| part.batches.open(now.mono));
+        let action = match decoded {
+            Ok(a) => a,
+            Err(rejected) => {
+                self.undecodable(partition, at, rejected, batch, out);
+                return;
+            }
+        };
+        let mut effects = std::mem::take(&mut self.effects);
+        let arrival = rec.timestamp.unwrap_or(now.wall);
+        part.stream
+            .push_action(action, offset as u64, arrival, now.wall, &mut effects);
+        for effect in effects.drain(..) {
+            self.apply(partition, Some(at), effect, batch, out);
+        }
+        self.effects = effects;
+        self.seal_if_due(partition, batch, now, out);
     }
 
     /// Processing time passes: every partition whose input is idle lets its timers follow the
@@ -448,6 +510,28 @@ impl Runtime {
                 m.end_to_end_seconds
                     .with_label_values(&[alert.status.as_str()])
                     .observe(latency);
+                let (rule, severity, queue) =
+                    (alert.rule.as_str(), alert.severity.as_str(), alert.queue.as_str());
+                m.cases
+                    .with_label_values(&[alert.status.as_str(), rule, severity, queue])
+                    .inc();
+                if alert.status == AlertStatus::Acknowledged
+                    && let Some(ms) = alert.time_to_acknowledge_ms
+                {
+                    m.time_to_acknowledge
+                        .with_label_values(&[severity, queue])
+                        .observe(ms.max(0) as f64 / 1000.0);
+                }
+                let recovered = match alert.status {
+                    AlertStatus::Resolved => alert.time_to_resolve_ms.map(|ms| ("agent", ms)),
+                    AlertStatus::Recovered => alert.time_to_recover_ms.map(|ms| ("customer", ms)),
+                    _ => None,
+                };
+                if let Some((by, ms)) = recovered {
+                    m.time_to_recover
+                        .with_label_values(&[severity, queue, by])
+                        .observe(ms.max(0) as f64 / 1000.0);
+                }
                 self.output_acked(partition, *batch, out);
             }
             Sent::DeadLetter { batch, .. } => self.output_acked(partition, *batch, out),
@@ -655,6 +739,12 @@ impl Runtime {
                 );
                 let at = Self::at(current, seq);
                 self.dead_letter(partition, at, "future", reason, batch, out);
+                self.finish(partition, at, out);
+            }
+            // Only `Stream::push_action` rejects; dead-lettered with its class, as a bad record.
+            Effect::Rejected { seq, class, reason } => {
+                let at = Self::at(current, seq);
+                self.dead_letter(partition, at, class, reason, batch, out);
                 self.finish(partition, at, out);
             }
             Effect::Evicted { keys } => {

@@ -4,7 +4,7 @@
 use super::*;
 use crate::codec::Format;
 use crate::metrics::Metrics;
-use crate::model::{Channel, Direction, Outcome, TouchpointKind};
+use crate::model::{CaseAction, Channel, Direction, Outcome, TouchpointKind};
 use std::collections::BTreeMap;
 
 const T0: Millis = 1_772_359_200_000;
@@ -124,6 +124,44 @@ impl Harness {
         self.rt.commit_tick(&mut self.out);
         std::mem::take(&mut self.out)
     }
+}
+
+fn action(id: &str, case_id: &str, customer: &str, at: Millis, kind: crate::model::ActionKind) -> CaseAction {
+    CaseAction {
+        action_id: id.into(),
+        case_id: case_id.into(),
+        customer_id: customer.into(),
+        action: kind,
+        actor: "agent-7".into(),
+        occurred_at: T0 + at,
+        resolution: None,
+        channel: None,
+        note: None,
+    }
+}
+
+impl Harness {
+    /// Pushes `a` as the record at `offset` of the action topic's partition 0.
+    fn act(&mut self, offset: i64, a: CaseAction) -> Vec<Command> {
+        let rec = Record {
+            source: Source::Actions,
+            partition: 0,
+            offset,
+            timestamp: Some(a.occurred_at),
+        };
+        let now = self.now();
+        self.rt.action(rec, Ok(a), now, &mut self.out);
+        std::mem::take(&mut self.out)
+    }
+}
+
+fn stores(c: &[Command]) -> Vec<(Source, i64)> {
+    c.iter()
+        .filter_map(|c| match c {
+            Command::Store { source, next, .. } => Some((*source, *next)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn alert_token(c: &[Command]) -> usize {
@@ -409,4 +447,74 @@ fn idle_alerts_wait_for_a_backlog_and_mark_the_transaction() {
         "the SLA escalation fires on the quiet partition"
     );
     assert_eq!(h.rt.settle(), Settle::Commit);
+}
+
+#[test]
+fn an_acknowledgement_is_published_and_stores_the_action_topic_position() {
+    let mut h = harness(false, false);
+    let opened = h.push(0, failure("a", "c1", 0));
+    let Some(Command::Produce { token, payload, .. }) = opened.first() else {
+        panic!("an alert: {opened:?}");
+    };
+    let case_id = serde_json::from_slice::<serde_json::Value>(payload).unwrap()["case_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = *token;
+    h.ack(token);
+    let acked = h.act(
+        0,
+        action(
+            "act-1",
+            &case_id,
+            "c1",
+            MIN,
+            crate::model::ActionKind::Acknowledge,
+        ),
+    );
+    let Some(Command::Produce { token, payload, .. }) = acked.first() else {
+        panic!("an ACKNOWLEDGED alert: {acked:?}");
+    };
+    let alert: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(alert["status"], "ACKNOWLEDGED");
+    assert_eq!(alert["actor"], "agent-7");
+    assert!(stores(&acked).is_empty(), "the alert is not acknowledged yet");
+    assert_eq!(stores(&h.ack(*token)), [(Source::Actions, 1)]);
+    // The same action again changes nothing and is finished at once.
+    let again = h.act(
+        1,
+        action(
+            "act-1",
+            &case_id,
+            "c1",
+            MIN,
+            crate::model::ActionKind::Acknowledge,
+        ),
+    );
+    assert!(!again.iter().any(|c| matches!(c, Command::Produce { .. })));
+    assert_eq!(stores(&again), [(Source::Actions, 2)]);
+    // An action on a case nobody has is a dead letter on the action topic's ledger.
+    // A well-formed id of a case that was never opened (another customer's hash).
+    let unknown = format!("{}0", &case_id[..case_id.len() - 1]);
+    let unknown = if unknown == case_id {
+        format!("{}1", &case_id[..case_id.len() - 1])
+    } else {
+        unknown
+    };
+    let bad = h.act(
+        2,
+        action("act-2", &unknown, "c1", MIN, crate::model::ActionKind::Resolve),
+    );
+    let Some(Command::DeadLetter { token, class, .. }) = bad.first() else {
+        panic!("a dead letter: {bad:?}");
+    };
+    assert_eq!(*class, "unknown_case");
+    assert_eq!(stores(&h.ack(*token)), [(Source::Actions, 3)]);
+    assert_eq!(
+        h.rt.positions()
+            .into_iter()
+            .filter(|p| p.0 == Source::Actions)
+            .collect::<Vec<_>>(),
+        [(Source::Actions, 0, 3)]
+    );
 }
