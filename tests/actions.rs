@@ -187,13 +187,7 @@ async fn an_action_topic_with_another_partition_count_is_refused_at_start() {
         .await
         .unwrap();
     config.kafka.action_topic = other.clone();
-    let err = start(config)
-        .await
-        .exited(WAIT)
-        .await
-        .expect("the service stops on its own")
-        .unwrap_err()
-        .to_string();
+    let err = start(config).await.failure(WAIT).await;
     assert!(
         err.contains("kafka.action_topic") && err.contains(&other),
         "{err}"

@@ -99,12 +99,7 @@ async fn an_unwritable_output_topic_stops_the_process_and_loses_nothing() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
     );
     let svc = start(config.clone()).await;
-    let err = svc
-        .exited(WAIT)
-        .await
-        .expect("the service stops on its own")
-        .unwrap_err()
-        .to_string();
+    let err = svc.failure(WAIT).await;
     assert!(err.contains("cannot write to topic"), "{err}");
     assert!(err.contains("authorization"), "{err}");
     assert_eq!(
@@ -194,12 +189,7 @@ async fn an_unreadable_changelog_keeps_the_instance_not_ready_then_stops_it() {
         metrics.contains("cx_sentinel_state_restoring_partitions 1"),
         "{metrics}"
     );
-    let err = svc
-        .exited(WAIT)
-        .await
-        .expect("the service stops on its own")
-        .unwrap_err()
-        .to_string();
+    let err = svc.failure(WAIT).await;
     assert!(
         err.contains("state restore failed") && err.contains("partition 0"),
         "{err}"

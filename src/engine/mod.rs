@@ -899,9 +899,22 @@ impl Engine {
                 }
             }
         }
+        self.applied(&ev.customer_id, s, seq, out)
+    }
+
+    /// An input (`seq`) was applied to `customer`'s state: [`Effect::Applied`], and the
+    /// customer's timer to queue again when its next deadline moved earlier.
+    #[inline]
+    fn applied(
+        &self,
+        customer: &str,
+        s: &mut CustomerState,
+        seq: u64,
+        out: &mut Vec<Effect>,
+    ) -> Option<(Arc<str>, Millis)> {
         // A fresh copy of the id (it is hot in cache) rather than a second reference to the map's
         // key (which would be a cache miss per touchpoint).
-        let customer: Arc<str> = Arc::from(ev.customer_id.as_str());
+        let customer: Arc<str> = Arc::from(customer);
         let deadline = self.next_deadline(s, self.rules.lateness_ms);
         let requeue = (deadline < s.queued_deadline).then(|| {
             s.queued_deadline = deadline;
@@ -1120,14 +1133,7 @@ impl Engine {
             alert,
             seq: Some(seq),
         });
-        let customer: Arc<str> = Arc::from(a.customer_id.as_str());
-        let deadline = self.next_deadline(s, self.rules.lateness_ms);
-        let requeue = (deadline < s.queued_deadline).then(|| {
-            s.queued_deadline = deadline;
-            (customer.clone(), deadline)
-        });
-        out.push(Effect::Applied { seq, customer });
-        requeue
+        self.applied(&a.customer_id, s, seq, out)
     }
 
     /// The alert of an agent's ACKNOWLEDGE or RESOLVE: at the action's time, triggered by it.

@@ -423,6 +423,16 @@ impl Running {
         format!("ready {ready}, live {live}, stopped {stopped:?}; {counters:#?}")
     }
 
+    /// Waits up to `timeout` for the service to stop on its own with an error; that error's text.
+    /// Panics when it keeps running or ends without an error.
+    pub async fn failure(self, timeout: Duration) -> String {
+        self.exited(timeout)
+            .await
+            .expect("the service stops on its own")
+            .unwrap_err()
+            .to_string()
+    }
+
     /// Waits until `/health/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
