@@ -393,7 +393,7 @@ impl Engine {
                     continue;
                 }
                 let ack = h.round_start.saturating_add(r.ack_sla_ms);
-                if h.status.awaits_ack() && !h.ack_breached && ack <= t {
+                if r.ack_sla_ms > 0 && h.status.awaits_ack() && !h.ack_breached && ack <= t {
                     consider(ack, Timer::AckSla, i);
                 }
                 // From the start of the round: a reopened case gets the SLA afresh.
@@ -516,7 +516,7 @@ impl Engine {
                 );
                 continue;
             }
-            if h.status.awaits_ack() && !h.ack_breached {
+            if r.ack_sla_ms > 0 && h.status.awaits_ack() && !h.ack_breached {
                 d = d.min(h.round_start.saturating_add(r.ack_sla_ms));
             }
             if !c.escalated {

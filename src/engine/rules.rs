@@ -70,6 +70,7 @@ impl Rules {
             effort_window_ms: ms(r.high_effort.window),
             hopping_window_ms: ms(r.channel_hopping.window),
             episode_window_ms: ms(r.high_effort.window.max(r.channel_hopping.window)),
+            // Zero: no ack SLA (the case's recovery SLA still runs).
             ack_sla_ms: ms(e.ack_sla),
             reopen_window_ms: ms(e.reopen_window),
             config,

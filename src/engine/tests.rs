@@ -960,6 +960,26 @@ mod human_side {
     }
 
     #[test]
+    fn a_zero_ack_sla_is_off_and_the_recovery_sla_still_fires() {
+        let mut config = Config::default();
+        config.engine.ack_sla = std::time::Duration::ZERO;
+        let mut stream = Stream::new(Arc::new(Engine::new(config)));
+        let mut out = Vec::new();
+        stream.push(
+            Ev::new("f1", "c", 0, "payment.transfer", Outcome::Failure).0,
+            0,
+            ARRIVAL_UNCHECKED,
+            0,
+            &mut out,
+        );
+        out.clear();
+        stream.tick(1_000, &mut out); // first tick: the stream starts counting idleness
+        stream.tick(T0 + 5 * HOUR, &mut out);
+        let rules: Vec<String> = alerts(&out).iter().map(|a| a.rule.clone()).collect();
+        assert_eq!(rules, ["sla_breach"], "{out:?}");
+    }
+
+    #[test]
     fn an_unacknowledged_case_escalates_once_on_the_ack_sla_even_on_a_quiet_partition() {
         let (mut stream, case, _) = opened();
         let mut out = Vec::new();
