@@ -1,7 +1,8 @@
 //! Writes the fuzz targets' seed corpora (`fuzz/corpus/<target>/`) from the repository's own
 //! fixtures: scenario input lines as JSON, the same touchpoints as Avro datums written by the
 //! crate's encoder (bare, and Confluent-framed for our schema and for an older writer), and the
-//! changelog values of the states the engine builds from whole scenarios.
+//! changelog values of the states the engine builds from whole scenarios, and the scenarios' case
+//! actions as JSON and as Avro datums.
 //!
 //! `cargo run --example fuzz_seeds` (rerun when a wire format changes; the files are committed,
 //! so fuzzing needs no build of this).
@@ -69,6 +70,22 @@ fn main() -> Result<()> {
         &first.occurred_at.to_string(),
     );
     write(&corpus, "json_touchpoint", "epoch-millis", epoch.as_bytes())?;
+    // Case actions: the first byte picks the decoder (even: JSON, odd: Avro datum).
+    for name in ["acknowledged_and_resolved", "resolved_case_reopens"] {
+        let path = root.join("tests/scenarios").join(name).join("actions.jsonl");
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            let action = json::decode_action(line.as_bytes()).with_context(|| path.display().to_string())?;
+            write(
+                &corpus,
+                "case_action",
+                &format!("{name}-{i}-json"),
+                &[b"\0", line.as_bytes()].concat(),
+            )?;
+            let avro_seed = [&[1u8][..], &avro::encode_action(&action)].concat();
+            write(&corpus, "case_action", &format!("{name}-{i}-avro"), &avro_seed)?;
+        }
+    }
     Ok(())
 }
 

@@ -69,8 +69,9 @@ pub fn unquoted_rest(message: &str) -> String {
     rest
 }
 
-/// The touchpoint's JSON field names: an error may name these (`missing field \`journey\``).
-const FIELD_NAMES: [&str; 13] = [
+/// The touchpoint's and the case action's JSON field names: an error may name these (`missing
+/// field \`journey\``).
+const FIELD_NAMES: [&str; 19] = [
     "event_id",
     "customer_id",
     "occurred_at",
@@ -84,6 +85,12 @@ const FIELD_NAMES: [&str; 13] = [
     "customer_tier",
     "agent_id",
     "attributes",
+    "action_id",
+    "case_id",
+    "action",
+    "actor",
+    "resolution",
+    "note",
 ];
 
 /// Whether two decoded touchpoints are the same, a NaN sentiment equal to itself (unvalidated
