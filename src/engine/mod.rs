@@ -415,7 +415,7 @@ impl Engine {
                 continue;
             }
             let case = s.cases()[i].clone();
-            let alert = if kind == Timer::AckSla {
+            let (status, rule, severity, reason) = if kind == Timer::AckSla {
                 s.extra_mut().cases[i].human.ack_breached = true;
                 let reason = format!(
                     "Case on journey '{}' ({}) has waited {} for an agent of queue '{}' to acknowledge it; page the next person on call.",
@@ -425,21 +425,11 @@ impl Engine {
                     r.queue_name(case.human.queue)
                 );
                 // An escalation to people, not of the customer's urgency: severity stays.
-                self.build_alert(
-                    customer,
-                    s,
-                    &case,
-                    AlertSpec {
-                        status: AlertStatus::Escalated,
-                        rule: RuleId::AckSlaBreach,
-                        severity: case.severity,
-                        event_time: deadline,
-                        trigger_event_id: &case.last_event_id,
-                        reason,
-                        time_to_recover_ms: None,
-                        attributes: BTreeMap::new(),
-                    },
-                    now,
+                (
+                    AlertStatus::Escalated,
+                    RuleId::AckSlaBreach,
+                    case.severity,
+                    reason,
                 )
             } else if kind == Timer::Expiry {
                 s.extra_mut().cases.remove(i);
@@ -449,22 +439,7 @@ impl Engine {
                     humantime::format_duration(r.config.engine.case_expiry),
                     case.rule.as_str()
                 );
-                self.build_alert(
-                    customer,
-                    s,
-                    &case,
-                    AlertSpec {
-                        status: AlertStatus::Expired,
-                        rule: RuleId::Expired,
-                        severity: case.severity,
-                        event_time: deadline,
-                        trigger_event_id: &case.last_event_id,
-                        reason,
-                        time_to_recover_ms: None,
-                        attributes: BTreeMap::new(),
-                    },
-                    now,
-                )
+                (AlertStatus::Expired, RuleId::Expired, case.severity, reason)
             } else {
                 let severity = case.severity.step_up();
                 let c = &mut s.extra_mut().cases[i];
@@ -477,23 +452,24 @@ impl Engine {
                     humantime::format_duration(r.config.engine.case_sla),
                     case.channel
                 );
-                self.build_alert(
-                    customer,
-                    s,
-                    &case,
-                    AlertSpec {
-                        status: AlertStatus::Escalated,
-                        rule: RuleId::SlaBreach,
-                        severity,
-                        event_time: deadline,
-                        trigger_event_id: &case.last_event_id,
-                        reason,
-                        time_to_recover_ms: None,
-                        attributes: BTreeMap::new(),
-                    },
-                    now,
-                )
+                (AlertStatus::Escalated, RuleId::SlaBreach, severity, reason)
             };
+            let alert = self.build_alert(
+                customer,
+                s,
+                &case,
+                AlertSpec {
+                    status,
+                    rule,
+                    severity,
+                    event_time: deadline,
+                    trigger_event_id: &case.last_event_id,
+                    reason,
+                    time_to_recover_ms: None,
+                    attributes: BTreeMap::new(),
+                },
+                now,
+            );
             s.shrink_extra();
             out.push(Effect::Alert { alert, seq: None });
         }
